@@ -1,0 +1,213 @@
+"""Command line: ``python -m core txt2img|img2img|replay|info ...``.
+
+User errors exit with code 2 and one line on stderr; progress bars go to stderr
+(``--quiet`` silences them); ``--json`` prints a machine-readable summary on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .engine import Engine, GenerationResult
+from .errors import CancelledError, StudioError
+from .loading import LoadOptions
+from .outputs import model_record, replay, save_result
+from .recipe import make_recipe, save_png
+from .outputs import parameters_for
+from .requests import GenerationRequest
+from .sampling import ProgressEvent
+from .schedulers import SCHEDULER_NAMES
+from .vae_codec import load_image
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
+# modules with `register(subparsers, COMMANDS)` adding the guidance methods' commands
+CLI_EXTENSIONS = ("cli_regions", "cli_stroke")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (and exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Model, device and output-format flags shared by every command."""
+    parser.add_argument("--model", help="folder, name under pretrained_models/, hub id, or .safetensors file "
+                                        "(default: the bundled demo model)")
+    parser.add_argument("--config", help="for a single .safetensors file: a diffusers folder with its configs")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA), fp32, fp16, bf16")
+    parser.add_argument("--attention-slicing", action="store_true", help="lower memory in attention")
+    parser.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
+    parser.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU between uses (GPU only)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary (with timings) on stdout")
+
+
+def add_generation(parser: argparse.ArgumentParser, size_default_help: str) -> None:
+    """Prompt and sampling flags shared by every generating command."""
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--width", type=int, help=f"multiple of 8 (default: {size_default_help})")
+    parser.add_argument("--height", type=int, help=f"multiple of 8 (default: {size_default_help})")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--seed", type=int, help="default: random (saved in the recipe)")
+    parser.add_argument("--scheduler", default="default", help=f"one of {', '.join(SCHEDULER_NAMES)}")
+    parser.add_argument("--num-images", type=int, default=1, help="variations; image i uses seed + i")
+    parser.add_argument("--out", required=True, help="output .png (several images: OUT-1.png, OUT-2.png, ...)")
+
+
+def load_options(args: argparse.Namespace, model: str | None = None) -> LoadOptions:
+    return LoadOptions(model=model or args.model, device=args.device, dtype=args.dtype,
+                       attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling,
+                       cpu_offload=args.cpu_offload, config=args.config)
+
+
+def progress_bar(args: argparse.Namespace) -> tuple[Callable[[ProgressEvent], None], Callable[[], None]]:
+    """A tqdm bar on stderr fed by the engine's callback (a no-op with --quiet)."""
+    if args.quiet:
+        return (lambda event: None), (lambda: None)
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(event: ProgressEvent) -> None:
+        bar = bars.get(event.stage)
+        if bar is None:
+            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, file=sys.stderr, leave=False)
+        bar.update(event.step - bar.n)
+
+    return update, (lambda: [b.close() for b in bars.values()])
+
+
+def load_engine(args: argparse.Namespace, model: str | None = None) -> Engine:
+    if not args.quiet:
+        sys.stderr.write("loading model...\n")
+    return Engine.load(load_options(args, model))
+
+
+def run_and_save(args: argparse.Namespace, engine: Engine, request: Any) -> dict[str, Any]:
+    """Run a request with a progress bar, save its images, and summarise."""
+    update, close = progress_bar(args)
+    try:
+        result = engine.run(request, update)
+    finally:
+        close()
+    paths = save_result(result, engine.bundle, args.out)
+    return summary(engine, result, [str(p) for p in paths])
+
+
+def summary(engine: Engine, result: GenerationResult, outputs: list[str]) -> dict[str, Any]:
+    timings = {"load": round(engine.load_seconds, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
+    timings["total"] = round(sum(timings.values()), 4)
+    return {"outputs": outputs, "seeds": result.seeds, "kind": result.request.kind, **engine.info(),
+            "timings": timings, "warnings": result.warnings}
+
+
+def generation_request(args: argparse.Namespace, **extra: Any) -> GenerationRequest:
+    seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
+    return GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
+                             height=args.height, steps=args.steps, guidance_scale=args.cfg, seed=seed,
+                             scheduler=args.scheduler, num_images=args.num_images, **extra)
+
+
+def cmd_txt2img(args: argparse.Namespace) -> dict[str, Any]:
+    request = generation_request(args)
+    return run_and_save(args, load_engine(args), request)
+
+
+def cmd_img2img(args: argparse.Namespace) -> dict[str, Any]:
+    request = generation_request(args, init_image=load_image(args.image), strength=args.strength)
+    return run_and_save(args, load_engine(args), request)
+
+
+def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
+    update, close = progress_bar(args)
+    try:
+        image, result, engine = replay(args.file, load_options(args), update)
+    finally:
+        close()
+    index = result.images.index(image)
+    recipe = make_recipe(result.request, model_record(engine.bundle), index, result.seeds)
+    path = save_png(image, args.out, recipe, parameters_for(result, engine.bundle, index))
+    return summary(engine, result, [str(path)])
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    from .loading import available_models, models_dir
+
+    info = load_engine(args).info()
+    return {**info, "models_dir": str(models_dir()), "available_models": available_models()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m core", description="Sketch-to-art studio engine.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    p = sub.add_parser("txt2img", help="text to image")
+    add_generation(p, "the model's native size")
+    add_common(p)
+    p = sub.add_parser("img2img", help="image + text to image (SDEdit)")
+    add_generation(p, "the image's size")
+    p.add_argument("--image", required=True, help="input image file")
+    p.add_argument("--strength", type=float, default=0.75, help="0 keeps the image, 1 ignores it")
+    add_common(p)
+    p = sub.add_parser("replay", help="regenerate a saved PNG from its embedded recipe")
+    p.add_argument("file")
+    p.add_argument("--out", required=True)
+    add_common(p)
+    p = sub.add_parser("info", help="model, device, dtype and memory options")
+    add_common(p)
+    COMMANDS.update(txt2img=cmd_txt2img, img2img=cmd_img2img, replay=cmd_replay, info=cmd_info)
+    for module in CLI_EXTENSIONS:
+        if importlib.util.find_spec(f"core.{module}") is not None:
+            importlib.import_module(f"core.{module}").register(sub, COMMANDS)
+    return parser
+
+
+def quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.quiet or args.json:
+        quiet_libraries()
+    start = time.perf_counter()
+    try:
+        result = COMMANDS[args.command](args)
+    except StudioError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USER_ERROR
+    except (CancelledError, KeyboardInterrupt):
+        sys.stderr.write("cancelled: nothing was written\n")
+        return EXIT_CANCELLED
+    for warning in result.get("warnings", []):
+        sys.stderr.write(f"warning: {warning}\n")
+    if args.json:
+        result["wall_seconds"] = round(time.perf_counter() - start, 4)
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif "outputs" in result:
+        sys.stdout.write("\n".join(result["outputs"]) + "\n")
+    else:
+        sys.stdout.write("\n".join(f"{k}: {v}" for k, v in result.items()) + "\n")
+    return 0

@@ -1,0 +1,60 @@
+"""A tiny, randomly initialised Stable Diffusion in diffusers format, built locally.
+
+Same classes and folder layout as SD 1.x (UNet2DConditionModel with cross-attention,
+AutoencoderKL with 8x downsampling and 4 latent channels, CLIP text encoder and a CLIP
+BPE tokenizer trained here): tests and benchmarks load it through the real loading code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .tokenizer_build import build_clip_tokenizer
+
+TINY_CORPUS = [
+    "a red sun over purple mountains at sunset", "an oil painting of a river with boats",
+    "a watercolor of a lake at night with a white moon", "green trees and a small house in a field of flowers",
+    "a castle on a hill, dramatic clouds, blue sky, highly detailed, blurry, ugly, low quality",
+    "ink sketch of a cat and a dog by the sea", "a flat poster of a city street in the rain",
+]
+
+
+def build_tiny_sd(folder: str | Path, *, seed: int = 0, prediction_type: str = "epsilon",
+                  image_size: int = 64, unet_channels: tuple[int, ...] = (32, 64),
+                  cross_attention_dim: int = 32) -> Path:
+    """Build a tiny SD pipeline and ``save_pretrained`` it (safetensors) into ``folder``."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(TINY_CORPUS, folder / "_tokenizer_tmp", vocab_size=700)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=image_size, norm_num_groups=8,
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=unet_channels, norm_num_groups=min(32, unet_channels[0]),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(unet_channels) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(unet_channels) - 1) + ("UpBlock2D",),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
+                              set_alpha_to_one=False, prediction_type=prediction_type)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for leftover in sorted((folder / "_tokenizer_tmp").iterdir()):
+        leftover.unlink()
+    (folder / "_tokenizer_tmp").rmdir()
+    return folder
