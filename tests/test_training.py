@@ -1,0 +1,167 @@
+"""Dataset writer and trainer, end to end on a few tiny images with the micro preset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from training import make_dataset, train
+from training.checkpoint import EMA, latest_checkpoint, optimizer_from_safetensors, optimizer_to_safetensors
+from training.data import EpochSampler, find_records
+from training.procedural import ATTRIBUTE_OBJECTS, LABEL_IDS, STYLE_KEYWORDS, STYLES
+
+MICRO = ["--resolution", "64", "--preset", "micro", "--vae-steps", "2", "--batch-size", "4",
+         "--vae-batch-size", "4", "--checkpoint-every", "1", "--samples", "0", "--threads", "1",
+         "--no-progress", "--lr-schedule", "constant", "--warmup-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("paintings")
+    make_dataset.main(["--out", str(out), "--count", "8", "--size", "64", "--seed", "3", "--with-scribbles"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "full"
+    train.main(["--data", str(dataset), "--out", str(out), "--steps", "3", *MICRO])
+    return out
+
+
+def test_make_dataset_writes_an_imagefolder(dataset: Path) -> None:
+    lines = [json.loads(x) for x in (dataset / "metadata.jsonl").read_text().splitlines()]
+    assert [x["file_name"] for x in lines] == [f"{i:06d}.png" for i in range(8)]
+    for line in lines:
+        img = cv2.imread(str(dataset / line["file_name"]))
+        assert img.shape == (64, 64, 3)
+        assert line["style"] in STYLES and STYLE_KEYWORDS[line["style"]] in line["text"]
+        assert set(line["labels"]) == set(ATTRIBUTE_OBJECTS)
+        assert line["time"] in line["text"]
+        scribble = cv2.imread(str(dataset / line["scribble"]))
+        regions = cv2.imread(str(dataset / line["region_map"]), cv2.IMREAD_UNCHANGED)
+        assert scribble.shape == (64, 64, 3) and regions.shape == (64, 64)
+        assert {int(v) for v in np.unique(regions)} <= set(LABEL_IDS.values())
+        assert {int(k) for k in line["regions"]} == {int(v) for v in np.unique(regions)}
+    assert len(find_records(dataset)) == 8
+
+
+def test_make_dataset_is_the_same_with_workers(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    make_dataset.main(["--out", str(one), "--count", "4", "--size", "32", "--seed", "5"])
+    make_dataset.main(["--out", str(two), "--count", "4", "--size", "32", "--seed", "5", "--workers", "2"])
+    assert (one / "metadata.jsonl").read_text() == (two / "metadata.jsonl").read_text()
+    for i in range(4):
+        assert (one / f"{i:06d}.png").read_bytes() == (two / f"{i:06d}.png").read_bytes()
+
+
+def test_text_file_captions(tmp_path: Path) -> None:
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"img{i}.jpg"), np.full((40, 50, 3), 60 * i, np.uint8))
+        (tmp_path / f"img{i}.txt").write_text(f"caption {i}\n")
+    records = find_records(tmp_path)
+    assert [r.text for r in records] == ["caption 0", "caption 1"]
+
+
+def test_trained_folder_loads_in_diffusers_and_samples(trained: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pickled = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+    weights = [p for p in trained.rglob("*") if p.is_file() and p.suffix in pickled]
+    assert not weights, weights  # safetensors only, also in checkpoints/
+    pipe = StableDiffusionPipeline.from_pretrained(trained)
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured from the data
+    assert pipe.unet.config.sample_size == 8 and pipe.vae_scale_factor == 8
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a watercolor of a lake at night", num_inference_steps=2, guidance_scale=3.0,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+    info = json.loads((trained / "training_args.json").read_text())
+    assert info["images"] == 8 and info["unet_steps_run"] == 3
+
+
+def test_resume_continues_from_the_checkpoint_exactly(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out, ckpt = tmp_path / "resumed", tmp_path / "ckpt"
+    args = ["--data", str(dataset), "--out", str(out), "--checkpoint-dir", str(ckpt), *MICRO]
+    train.main([*args, "--steps", "2"])
+    assert latest_checkpoint(ckpt).step == 2
+    train.main([*args, "--steps", "3", "--resume"])
+    assert latest_checkpoint(ckpt).step == 3
+    assert not (out / "checkpoints").exists()
+    log = [json.loads(x) for x in (ckpt / "log.jsonl").read_text().splitlines()]
+    assert {"stage": "unet", "resumed_from": 2}.items() <= next(x for x in log if "resumed_from" in x).items()
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(trained / part)), load_file(str(out / part))
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_refuses_to_overwrite_checkpoints_without_resume(dataset: Path, trained: Path) -> None:
+    with pytest.raises(FileExistsError):
+        train.main(["--data", str(dataset), "--out", str(trained), "--steps", "3", *MICRO])
+
+
+def test_init_from_fine_tunes_an_sd_folder(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "tuned"
+    train.main(["--data", str(dataset), "--out", str(out), "--init-from", str(trained), "--steps", "1", *MICRO])
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    base = StableDiffusionPipeline.from_pretrained(trained)
+    assert pipe.tokenizer.get_vocab() == base.tokenizer.get_vocab()
+    assert pipe.vae.config.scaling_factor == base.vae.config.scaling_factor
+    te_a, te_b = pipe.text_encoder.state_dict(), base.text_encoder.state_dict()
+    assert all(torch.equal(te_a[k], te_b[k]) for k in te_a)  # frozen by default
+    unet_a, unet_b = pipe.unet.state_dict(), base.unet.state_dict()
+    assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)
+
+
+def test_vae_from_reuses_a_trained_vae(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "reused"
+    train.main(["--data", str(dataset), "--out", str(out), "--vae-from", str(trained), "--steps", "1", *MICRO])
+    part = "vae/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(trained / part)), load_file(str(out / part))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((out / "checkpoints").glob("vae-*"))  # no stage A
+    assert list((trained / "checkpoints" / "samples").glob("vae-*.png"))  # stage A previews
+
+
+def test_optimizer_state_round_trips_through_safetensors() -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_to_safetensors(opt)
+    meta = json.loads(json.dumps(meta))
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer_from_safetensors(fresh, tensors, meta)
+    a, b = opt.state_dict()["state"], fresh.state_dict()["state"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])
+
+
+def test_ema_and_sampler() -> None:
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert not torch.equal(ema.shadow["weight"], model.weight)
+    sampler = EpochSampler(10, 4, seed=1)
+    first_epoch = torch.cat([sampler.indices(0), sampler.indices(1), sampler.indices(2)[:2]])
+    assert sorted(first_epoch.tolist()) == list(range(10))
+    assert torch.equal(EpochSampler(10, 4, seed=1).indices(2), sampler.indices(2))
+
+
+def test_lr_schedule() -> None:
+    assert train.lr_at(0, 100, 1.0, 10, "cosine") == pytest.approx(0.1)
+    assert train.lr_at(10, 100, 1.0, 10, "cosine") == pytest.approx(1.0)
+    assert train.lr_at(100, 100, 1.0, 10, "cosine") == pytest.approx(0.1)
+    assert train.lr_at(50, 100, 1.0, 10, "constant") == 1.0
