@@ -50,6 +50,7 @@ def build_tiny_sd(folder: str | Path, *, seed: int = 0, prediction_type: str = "
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
                               set_alpha_to_one=False, prediction_type=prediction_type)
+    scheduler.register_to_config(clip_sample=False)  # as SD 1.x's scheduler_config.json (for DDIM built from it)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

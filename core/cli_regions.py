@@ -1,0 +1,153 @@
+"""Commands ``regions`` and ``panorama`` (MultiDiffusion), loaded by :mod:`core.cli`.
+
+    python -m core regions --regions MAP.png --prompts PROMPTS.json --background-prompt P --out FILE.png
+    python -m core panorama --prompt P --width 2048 --height 512 [--circular] --out FILE.png
+
+PROMPTS.json maps a colour of the map to a prompt: {"#ff0000": "a red sun",
+"#0000ff": {"prompt": "a lake", "negative": "boats", "seed": 7}, "#ffffff": null}; null
+marks a background colour (transparent pixels are background too).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from typing import Any, Callable
+
+from PIL import Image
+
+from .cli import add_common, add_generation, load_engine, run_and_save
+from .errors import StudioError
+from .panorama import MultiDiffusionRequest
+from .region_map import MAX_REGIONS, check_aspect, load_prompt_table, regions_from_map
+from .schedulers import SCHEDULER_NAMES
+from .vae_codec import load_image
+
+
+def _multiple_of_8(value: float) -> int:
+    return max(8, int(round(value / 8)) * 8)
+
+
+def _size_from_map(image: Image.Image, width: int | None, height: int | None) -> tuple[int, int, list[str]]:
+    """The canvas: the flags if both are given, else from the map's size and aspect ratio
+    (rounded to multiples of 8, with a note when that changes the map's size)."""
+    map_w, map_h = image.size
+    if width and height:
+        return width, height, []
+    if width:
+        return width, _multiple_of_8(width * map_h / map_w), []
+    if height:
+        return _multiple_of_8(height * map_w / map_h), height, []
+    width, height = _multiple_of_8(map_w), _multiple_of_8(map_h)
+    if (width, height) == (map_w, map_h):
+        return width, height, []
+    return width, height, [f"The region map is {map_w}x{map_h}; the canvas is {width}x{height} (multiples of 8)."]
+
+
+def _region_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    """Flags of the region map and of the fusion, shared by both commands."""
+    parser.add_argument("--regions", required=required, metavar="MAP.png",
+                        help="region map: an image whose colours are regions")
+    parser.add_argument("--prompts", required=required, metavar="PROMPTS.json",
+                        help='colour -> prompt, e.g. {"#ff0000": "a red sun", "#ffffff": null}')
+    parser.add_argument("--bootstrap", type=float, default=0.4,
+                        help="fraction of the first steps that bootstrap regions (default 0.4: 20 of 50)")
+    parser.add_argument("--soft", action="store_true", help="soft (coverage) masks instead of threshold + nearest")
+    parser.add_argument("--feather", type=float, default=0.0, help="soft masks: feather sigma in latent pixels")
+    parser.add_argument("--fast", action="store_true",
+                        help="evaluate each region on its padded bounding box only (faster, approximate)")
+    parser.add_argument("--bbox-padding", type=int, default=8, help="--fast: latent pixels of context (default 8)")
+    parser.add_argument("--max-regions", type=int, default=MAX_REGIONS, help=f"limit (default {MAX_REGIONS})")
+    parser.add_argument("--unet-batch", type=int, default=16, help="rows per UNet call (default 16)")
+    parser.add_argument("--tiled-decode", action=argparse.BooleanOptionalAction, default=None,
+                        help="decode tile by tile (default: automatic for large images)")
+
+
+def _view_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window", type=int, default=64, help="view size in latent pixels (default 64 = 512 px)")
+    parser.add_argument("--stride", type=int, default=8, help="view stride in latent pixels (default 8 = 64 px)")
+
+
+def _load_map(args: argparse.Namespace) -> tuple[Image.Image | None, Any]:
+    if bool(args.regions) != bool(args.prompts):
+        raise StudioError("--regions and --prompts go together: give both the map and its prompts file.")
+    if not args.regions:
+        return None, None
+    return load_image(args.regions), load_prompt_table(args.prompts)
+
+
+def _request(args: argparse.Namespace, kind: str, prompt: str, width: int | None, height: int | None,
+             regions: tuple, **extra: Any) -> MultiDiffusionRequest:
+    seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
+    init = load_image(args.image) if getattr(args, "image", None) else None
+    return MultiDiffusionRequest(
+        prompt=prompt, negative_prompt=args.negative, regions=regions, kind=kind, width=width, height=height,
+        window=args.window, stride=args.stride, steps=args.steps, guidance_scale=args.cfg, seed=seed,
+        scheduler=args.scheduler, num_images=args.num_images, init_image=init, strength=args.strength,
+        bootstrap=args.bootstrap, soft_masks=args.soft, feather=args.feather, fast=args.fast,
+        bbox_padding=args.bbox_padding, unet_batch=args.unet_batch, tiled_decode=args.tiled_decode,
+        max_regions=args.max_regions, **extra)
+
+
+def _run(args: argparse.Namespace, request: MultiDiffusionRequest, notes: list[str]) -> dict[str, Any]:
+    result = run_and_save(args, load_engine(args), request)
+    result["warnings"] = notes + list(result.get("warnings", []))
+    return result
+
+
+def cmd_regions(args: argparse.Namespace) -> dict[str, Any]:
+    image, table = _load_map(args)
+    assert image is not None
+    width, height, notes = _size_from_map(image, args.width, args.height)
+    check_aspect(image.size, (width, height))
+    regions, warnings = regions_from_map(image, table)
+    request = _request(args, "regions", args.background_prompt, width, height, tuple(regions))
+    return _run(args, request, notes + warnings)
+
+
+def cmd_panorama(args: argparse.Namespace) -> dict[str, Any]:
+    image, table = _load_map(args)
+    width, height, regions, notes = args.width, args.height, (), []
+    if image is not None:
+        width, height, notes = _size_from_map(image, width, height)
+        check_aspect(image.size, (width, height))
+        found, warnings = regions_from_map(image, table)
+        regions, notes = tuple(found), notes + warnings
+    request = _request(args, "panorama", args.prompt, width, height, regions, circular=args.circular)
+    return _run(args, request, notes)
+
+
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    """The generation flags of ``core.cli`` without --prompt (regions use --background-prompt)."""
+    parser.add_argument("--negative", default="", help="negative prompt (regions may set their own)")
+    parser.add_argument("--width", type=int, help="multiple of 8 (default: the region map's width)")
+    parser.add_argument("--height", type=int, help="multiple of 8 (default: the region map's height)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--seed", type=int, help="default: random (saved in the recipe)")
+    parser.add_argument("--scheduler", default="default", help=f"one of {', '.join(SCHEDULER_NAMES)}")
+    parser.add_argument("--num-images", type=int, default=1, help="variations; image i uses seed + i")
+    parser.add_argument("--out", required=True, help="output .png (several images: OUT-1.png, OUT-2.png, ...)")
+
+
+def _img2img_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", help="init image (img2img); default: text-to-image")
+    parser.add_argument("--strength", type=float, default=0.75, help="img2img: 0 keeps the image, 1 ignores it")
+
+
+def register(sub: Any, commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -> None:
+    """Add the ``regions`` and ``panorama`` commands to ``python -m core``."""
+    p = sub.add_parser("regions", help="region map + per-colour prompts to image (MultiDiffusion)")
+    _sampling_args(p)
+    p.add_argument("--background-prompt", default="", help="prompt of the background (unpainted / null colours)")
+    _region_args(p, required=True)
+    _view_args(p)
+    _img2img_args(p)
+    add_common(p)
+    p = sub.add_parser("panorama", help="panorama of any size (MultiDiffusion), optionally with a region map")
+    add_generation(p, "4x the native width by the native height")
+    p.add_argument("--circular", action="store_true", help="360-degree panorama: the left and right edges meet")
+    _view_args(p)
+    _region_args(p, required=False)
+    _img2img_args(p)
+    add_common(p)
+    commands.update(regions=cmd_regions, panorama=cmd_panorama)

@@ -1,0 +1,347 @@
+"""Panoramas and region images (MultiDiffusion, Bar-Tal et al. 2023): the request and runner.
+
+One mechanism serves both: views over the canvas (a panorama's sliding windows, or the one
+view of a small canvas) x prompt paths (the background, plus one per painted region), fused
+per pixel by :class:`core.region_fusion.RegionFusion` inside the engine's one loop.
+
+Compared with diffusers' ``StableDiffusionPanoramaPipeline``: views cover every latent pixel
+for any size that is a multiple of 8 (a last view is aligned to the right/bottom edge), a
+circular panorama wraps for any height, every view and prompt of a step goes through the
+UNet in a few batched calls, and several images pair their CFG halves correctly.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .engine import RUNNERS, Engine, GenerationResult, img2img_timesteps, initial_noise
+from .errors import StudioError
+from .prompts import PromptEncoder
+from .recipe import register_nested_class, register_request_kind
+from .region_fusion import Bootstrap, FusionPath, RegionFusion, View
+from .region_map import MAX_REGIONS, Region, background_weight, check_aspect, latent_masks
+from .requests import DEFAULT_MAX_PIXELS, MAX_SEED
+from .sampling import ProgressCallback, alpha_bar, denoise, step_kwargs
+from .schedulers import canonical_scheduler_name, make_scheduler
+from .vae_codec import decode_latents, encode_image, fit_image, require_multiple_of, tensor_to_pils
+
+KINDS = ("regions", "panorama")
+CIRCULAR_DECODE_PAD = 8  # latent columns wrapped onto each side before decoding a 360-degree panorama
+
+
+# --- views -------------------------------------------------------------------------------------
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Starts of windows of ``window`` every ``stride`` that cover [0, size) entirely.
+
+    diffusers stops at the last start that fits, leaving the last (size - window) % stride
+    columns uncovered (zero) when the width is not a multiple of the stride; a final window
+    aligned to the end covers them.
+    """
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return starts
+
+
+def panorama_views(height: int, width: int, window: int = 64, stride: int = 8, circular: bool = False) -> list[View]:
+    """The views F_i over a (height, width) latent canvas: windows of ``window`` latent pixels
+    every ``stride`` (clipped to the canvas). ``circular`` wraps horizontally: views start
+    every ``stride`` columns around the whole width, so the seam is denoised like any column.
+    """
+    if window < 1 or not 1 <= stride <= window:
+        raise StudioError(f"Window {window} and stride {stride} are not valid: the window must be at least 1 latent "
+                          "pixel and the stride between 1 and the window.")
+    view_h, view_w = min(window, height), min(window, width)
+    tops = window_starts(height, window, stride)
+    if circular and width > window:
+        lefts = list(range(0, width, stride))
+    else:
+        lefts = window_starts(width, window, stride)
+    return [View(top, left, view_h, view_w) for top in tops for left in lefts]
+
+
+# --- the request -------------------------------------------------------------------------------
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
+
+
+@dataclass(frozen=True)
+class MultiDiffusionRequest:
+    """A region image or a panorama. ``prompt`` is the background's (a panorama's) prompt.
+
+    Window, stride and padding are in latent pixels (x8 for image pixels on SD): the
+    reference's 64 / 8 are 512 / 64 image pixels.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    regions: tuple[Region, ...] = ()  # painted regions on the canvas (masks of any size)
+    kind: str = "regions"  # "regions" or "panorama": the same mechanism, named apart in recipes
+    width: int | None = None  # None: init image's, else native (regions) / 4x native (panorama)
+    height: int | None = None
+    window: int = 64  # view size, latent pixels
+    stride: int = 8  # view stride, latent pixels
+    circular: bool = False  # 360-degree panorama: views wrap around horizontally
+    steps: int = 30
+    guidance_scale: float = 7.5
+    seed: int = 0  # image i uses seed + i
+    scheduler: str = "default"
+    num_images: int = 1
+    init_image: Image.Image | None = field(default=None, compare=False)
+    strength: float = 0.75  # img2img: fraction of the schedule re-run from the noised input
+    bootstrap: float = 0.4  # fraction of the (full) schedule's first steps that bootstrap regions
+    soft_masks: bool = False  # coverage masks instead of the paper's threshold-0.5 + nearest
+    feather: float = 0.0  # soft masks: Gaussian feather sigma, latent pixels
+    fast: bool = False  # evaluate each path on its padded bounding box only (approximate)
+    bbox_padding: int = 8  # fast: latent pixels of context around a path's bounding box
+    unet_batch: int = 16  # rows (crop x prompt x image) per UNet call
+    tiled_decode: bool | None = None  # None: tiled when the image is large
+    max_regions: int = MAX_REGIONS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise StudioError("The prompt must be text.")
+        if self.kind not in KINDS:
+            raise StudioError(f"Unknown kind '{self.kind}': use 'regions' or 'panorama'.")
+        object.__setattr__(self, "regions", tuple(self.regions))
+        if any(not isinstance(r, Region) for r in self.regions):
+            raise StudioError("Regions must be core.region_map.Region objects (mask + prompt).")
+        if len(self.regions) > self.max_regions:
+            raise StudioError(f"{len(self.regions)} regions is over the limit of {self.max_regions}: merge some "
+                              "colours, or raise the limit (max_regions / --max-regions).")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                if value < 8:
+                    raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {value}.")
+                require_multiple_of(value, name.capitalize())
+        if self.width and self.height and self.width * self.height > self.max_pixels:
+            raise StudioError(f"{self.width}x{self.height} is {self.width * self.height:,} pixels, over the limit of "
+                              f"{self.max_pixels:,}: choose a smaller size (or raise STUDIO_MAX_PIXELS).")
+        _check_range("Window", self.window, 1, 4096)
+        _check_range("Stride", self.stride, 1, self.window)
+        _check_range("Steps", self.steps, 1, 1000)
+        _check_range("Guidance scale", self.guidance_scale, 0, 50)
+        _check_range("Seed", self.seed, 0, MAX_SEED)
+        _check_range("Number of images", self.num_images, 1, 16)
+        _check_range("Strength", self.strength, 0, 1)
+        _check_range("Bootstrap", self.bootstrap, 0, 1)
+        _check_range("Feather", self.feather, 0, 64)
+        _check_range("Bounding-box padding", self.bbox_padding, 0, 4096)
+        _check_range("UNet batch", self.unet_batch, 1, 1024)
+        _check_range("Region limit", self.max_regions, 1, 1024)
+        object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
+
+    def settings(self) -> dict[str, Any]:
+        """Every field but images, for recipes and logs."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("init_image", "regions")}
+
+
+def canvas_size(request: MultiDiffusionRequest, native: int) -> tuple[int, int]:
+    """(width, height) in pixels: the request's, else the init image's, else the kind's default."""
+    if request.init_image is not None:
+        w, h = request.init_image.size
+        if request.width is None or request.height is None:
+            require_multiple_of(w, "The image's width")
+            require_multiple_of(h, "The image's height")
+    else:
+        w, h = (4 * native, native) if request.kind == "panorama" else (native, native)
+    width, height = request.width or w, request.height or h
+    if width * height > request.max_pixels:
+        raise StudioError(f"{width}x{height} is over the limit of {request.max_pixels:,} pixels: choose a smaller size.")
+    if request.init_image is not None:
+        check_aspect(request.init_image.size, (width, height), "The init image")
+    return width, height
+
+
+# --- building blocks -------------------------------------------------------------------------
+
+
+@dataclass
+class FusionSetup:
+    """Everything the fusion needs for a request, before any denoising."""
+
+    paths: list[FusionPath]
+    embeddings: Tensor  # (P, seq, dim)
+    views: list[View]
+    masks: list[Tensor]  # latent masks of the kept regions
+    regions: list[Region]
+    warnings: list[str]
+
+
+def prompt_table(encoder: PromptEncoder, texts: list[str]) -> tuple[Tensor, dict[str, int]]:
+    """Each distinct text encoded once: (P, seq, dim) and text -> row."""
+    index: dict[str, int] = {}
+    for text in texts:
+        index.setdefault(text, len(index))
+    return torch.cat([encoder(text) for text in index]), index
+
+
+def build_paths(request: MultiDiffusionRequest, masks: list[Tensor], regions: list[Region],
+                index: dict[str, int], shape: tuple[int, int]) -> list[FusionPath]:
+    """The background path (W = clamp(1 - sum masks, 0)) and one path per region (W = w_r m_r)."""
+    paths: list[FusionPath] = []
+    background = background_weight(masks, shape)
+    if bool((background > 0).any()):
+        paths.append(FusionPath(background, index[request.prompt], index[request.negative_prompt],
+                                request.guidance_scale))
+    boot = request.bootstrap > 0
+    for region, mask in zip(regions, masks):
+        negative = request.negative_prompt if region.negative_prompt is None else region.negative_prompt
+        scale = request.guidance_scale if region.guidance_scale is None else region.guidance_scale
+        paths.append(FusionPath(region.weight * mask, index[region.prompt], index[negative], scale,
+                                mask.clamp(0, 1) if boot else None))
+    return paths
+
+
+def fusion_setup(engine: Engine, request: MultiDiffusionRequest, encoder: PromptEncoder,
+                 size: tuple[int, int]) -> FusionSetup:
+    """Latent masks, prompt embeddings, paths and views of a request."""
+    factor = engine.bundle.vae_scale_factor
+    shape = (size[1] // factor, size[0] // factor)
+    regions, masks, warnings = latent_masks(list(request.regions), size, factor, soft=request.soft_masks,
+                                            feather=request.feather, max_regions=request.max_regions)
+    texts = [request.prompt, request.negative_prompt]
+    for region in regions:
+        texts += [region.prompt, request.negative_prompt if region.negative_prompt is None else region.negative_prompt]
+    embeddings, index = prompt_table(encoder, texts)
+    paths = build_paths(request, masks, regions, index, shape)
+    views = panorama_views(shape[0], shape[1], request.window, request.stride, request.circular)
+    return FusionSetup(paths, embeddings, views, masks, regions, warnings)
+
+
+def region_noise(request: MultiDiffusionRequest, regions: list[Region], masks: list[Tensor],
+                 shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype
+                 ) -> tuple[Tensor, list[torch.Generator]]:
+    """The initial noise; inside a region with its own seed, that seed's noise (image i: seed + i)."""
+    seeds = [request.seed + i for i in range(request.num_images)]
+    noise, generators = initial_noise(seeds, shape, device, dtype)
+    for region, mask in zip(regions, masks):
+        if region.seed is not None:
+            own, _ = initial_noise([region.seed + i for i in range(request.num_images)], shape, device, dtype)
+            noise = torch.where((mask >= 0.5).to(device), own, noise)
+    return noise, generators
+
+
+@torch.no_grad()
+def constant_color_latents(vae: Any, count: int, generator: torch.Generator, factor: int) -> Tensor:
+    """(count, C) latents of random constant-colour images (the reference's bootstrapping
+    backgrounds), each the centre latent pixel of a small encoded flat image."""
+    param = next(vae.parameters())
+    rgb = torch.rand(count, 3, generator=generator) * 2 - 1
+    side = 2 * factor * 4  # an 8x8-latent flat image: the centre sees no border
+    images = rgb[:, :, None, None].expand(count, 3, side, side).to(param.device, param.dtype)
+    mean = vae.encode(images).latent_dist.mean
+    scale = float(vae.config.scaling_factor)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    centre = ((mean - shift) * scale)[:, :, mean.shape[2] // 2, mean.shape[3] // 2]
+    return centre.float().cpu()
+
+
+def bootstrap_for(engine: Engine, request: MultiDiffusionRequest, scheduler: Any, paths: list[FusionPath],
+                  noise: Tensor) -> Bootstrap | None:
+    """Bootstrapping over the first ``request.bootstrap`` of the full schedule, if any region uses it."""
+    count = int(request.bootstrap * request.steps) * getattr(scheduler, "order", 1)
+    if count <= 0 or not any(p.bootstrap_mask is not None for p in paths):
+        return None
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    colors = constant_color_latents(engine.bundle.vae, max(1, int(request.bootstrap * request.steps)), generator,
+                                    engine.bundle.vae_scale_factor)
+    timesteps = frozenset(float(t) for t in scheduler.timesteps[:count])
+    return Bootstrap(colors, noise, timesteps, lambda t: alpha_bar(scheduler, t), generator)
+
+
+def _clipping_warning(scheduler: Any, setup: FusionSetup) -> list[str]:
+    config = scheduler.config
+    clips = bool(getattr(config, "clip_sample", False) or getattr(config, "thresholding", False))
+    if clips and (len(setup.views) > 1 or len(setup.paths) > 1):
+        return [f"{type(scheduler).__name__} clips x0 (clip_sample/thresholding in the model's scheduler config): "
+                "fusing noise predictions then equals the paper's fusion of x_{t-1} only approximately; "
+                "choose another scheduler for the exact method."]
+    return []
+
+
+def decode_canvas(vae: Any, latents: Tensor, factor: int, circular: bool = False,
+                  tiled: bool | None = None) -> Tensor:
+    """Latents -> images in [0, 1]; a circular panorama is decoded with wrapped columns on
+    both sides (then cropped) so its left and right edges meet without a seam."""
+    if not circular:
+        return decode_latents(vae, latents, tiled)
+    pad = min(CIRCULAR_DECODE_PAD, latents.shape[-1])
+    wrapped = torch.cat([latents[..., -pad:], latents, latents[..., :pad]], dim=-1)
+    return decode_latents(vae, wrapped, tiled)[..., pad * factor : -pad * factor]
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+def fusion_eps_fn(engine: Engine, request: MultiDiffusionRequest, scheduler: Any, setup: FusionSetup,
+                  bootstrap: Bootstrap | None) -> RegionFusion:
+    """The request's eps_fn: MultiDiffusion over the engine's UNet (composable with step hooks)."""
+    align = 2 ** (len(engine.bundle.unet.config.block_out_channels) - 1)
+    return RegionFusion(engine.model_fn(scheduler), setup.embeddings, setup.paths, setup.views,
+                        bootstrap=bootstrap, batch_rows=request.unet_batch,
+                        crop_padding=request.bbox_padding if request.fast else None, align=align)
+
+
+@torch.no_grad()
+def run_multidiffusion(engine: Engine, request: MultiDiffusionRequest,
+                       callback: ProgressCallback | None = None) -> GenerationResult:
+    """Generate a region image or panorama (text-to-image, or img2img from ``init_image``)."""
+    bundle, timings = engine.bundle, {}
+    start = time.perf_counter()
+    width, height = canvas_size(request, bundle.native_size)
+    encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
+    setup = fusion_setup(engine, request, encoder, (width, height))
+    scheduler = make_scheduler(request.scheduler, bundle.scheduler_config)
+    scheduler.set_timesteps(request.steps, device=bundle.device)
+    factor = bundle.vae_scale_factor
+    shape = (bundle.unet.config.in_channels, height // factor, width // factor)
+    dtype = setup.embeddings.dtype
+    noise, generators = region_noise(request, setup.regions, setup.masks, shape, bundle.device, dtype)
+    n = request.num_images
+    if request.init_image is None:
+        timesteps = scheduler.timesteps
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        timesteps = img2img_timesteps(scheduler, request.steps, request.strength)
+        image = fit_image(request.init_image, width, height)
+        latents = encode_image(bundle.vae, image, bundle.device, dtype).repeat(n, 1, 1, 1)
+        if len(timesteps):
+            latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(n))
+    bootstrap = bootstrap_for(engine, request, scheduler, setup.paths, noise)
+    timings["encode"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    eps_fn = fusion_eps_fn(engine, request, scheduler, setup, bootstrap)
+    generator = generators[0] if n == 1 else generators
+    latents = denoise(latents, scheduler, timesteps, eps_fn, extra_step_kwargs=step_kwargs(scheduler, generator),
+                      callback=callback, preview=engine.preview)
+    timings["denoise"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    images = tensor_to_pils(decode_canvas(bundle.vae, latents, factor, request.circular, request.tiled_decode))
+    timings["decode"] = time.perf_counter() - start
+    warnings = list(bundle.warnings) + encoder.warnings + setup.warnings + _clipping_warning(scheduler, setup)
+    return GenerationResult(images=images, seeds=[request.seed + i for i in range(n)], latents=latents,
+                            request=request, timings=timings, warnings=warnings)
+
+
+for _kind in KINDS:
+    RUNNERS[_kind] = run_multidiffusion
+    register_request_kind(_kind, MultiDiffusionRequest)
+register_nested_class(Region)  # recipes rebuild the regions nested in a request

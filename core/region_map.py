@@ -1,0 +1,296 @@
+"""Regions: painted colour maps and mask images -> latent-size MultiDiffusion weights.
+
+A person paints a region map: an RGB image whose distinct colours are regions, with a
+table from colour ("#rrggbb") to prompt. Each region becomes a :class:`Region` (a mask
+image and its prompt); masks of any size are resized to the canvas and brought to latent
+size as in the paper (threshold 0.5, then nearest) or, on request, as soft masks
+(coverage per latent pixel, optionally feathered). The background gets
+W = clamp(1 - sum of region masks, 0); overlapping soft masks simply add (the fusion
+divides by the total weight, so two regions at 0.6 and 0.6 share a pixel half and half).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from .errors import StudioError
+
+MAX_REGIONS = int(os.environ.get("STUDIO_MAX_REGIONS", 16))  # default limit on regions per request
+SPECK_FRACTION = 0.001  # a colour covering less of the map than this is a stray speck
+ASPECT_TOLERANCE = 0.02  # relative difference of aspect ratios accepted between a map and the canvas
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
+
+
+def _mask_image(mask: Any) -> Image.Image:
+    """A mask given as a PIL image, array or tensor -> an 8-bit 'L' image (255 = inside)."""
+    if isinstance(mask, Image.Image):
+        if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
+            return mask.convert("RGBA").getchannel("A")  # painted on a transparent layer
+        return mask if mask.mode == "L" else mask.convert("L")
+    array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise StudioError(f"A region mask must be a 2-D image (height x width), got shape {array.shape}.")
+    if array.dtype == bool or array.max(initial=0) <= 1.0:
+        array = array.astype(np.float32) * 255.0
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One painted region: its mask (any size; resized to the canvas) and what it shows."""
+
+    mask: Image.Image = field(hash=False)  # 'L', 255 inside (arrays/tensors in [0, 1] or bool are converted)
+    prompt: str
+    negative_prompt: str | None = None  # None: the request's negative prompt
+    seed: int | None = None  # None: the request's noise; else this region's noise is drawn from it
+    weight: float = 1.0  # multiplies the mask in the fusion (relative to the background's 1)
+    guidance_scale: float | None = None  # None: the request's
+    name: str = ""  # for messages, e.g. its colour "#ff0000"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask", _mask_image(self.mask))
+        label = self.label
+        if not isinstance(self.prompt, str):
+            raise StudioError(f"Region {label}: the prompt must be text.")
+        if not (isinstance(self.weight, (int, float)) and 0 < self.weight <= 100):
+            raise StudioError(f"Region {label}: weight must be above 0 and at most 100, got {self.weight}.")
+        if self.seed is not None and not 0 <= int(self.seed) <= 2**32 - 1:
+            raise StudioError(f"Region {label}: seed must be between 0 and {2**32 - 1}, got {self.seed}.")
+        if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 50:
+            raise StudioError(f"Region {label}: guidance scale must be between 0 and 50, got {self.guidance_scale}.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ('{self.prompt}')" if self.name else f"'{self.prompt}'"
+
+
+# --- colours and the prompt table ----------------------------------------------------------
+
+
+def parse_color(text: str) -> str:
+    """'#RGB', '#RRGGBB' or 'RRGGBB' -> canonical '#rrggbb'; StudioError otherwise."""
+    match = _HEX.match(str(text).strip())
+    if not match:
+        raise StudioError(f"'{text}' is not a colour: write it as '#rrggbb' (e.g. '#ff8800').")
+    digits = match.group(1).lower()
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    return f"#{digits}"
+
+
+def color_name(rgb: tuple[int, int, int] | np.ndarray) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+@dataclass(frozen=True)
+class ColorPrompt:
+    """What a colour of the map means: a prompt (None: the background) and its options."""
+
+    prompt: str | None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    weight: float = 1.0
+    guidance_scale: float | None = None
+
+
+_ENTRY_KEYS = {"prompt", "negative", "negative_prompt", "seed", "weight", "guidance_scale", "cfg"}
+
+
+def _color_prompt(color: str, entry: Any) -> ColorPrompt:
+    if entry is None or isinstance(entry, str):
+        return ColorPrompt(entry)
+    if not isinstance(entry, Mapping):
+        raise StudioError(f"The prompt for {color} must be text, null (background) or an object "
+                          "like {\"prompt\": ..., \"negative\": ..., \"seed\": ...}.")
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise StudioError(f"Unknown key(s) {', '.join(sorted(unknown))} for {color}: use prompt, negative, seed, "
+                          "weight, guidance_scale.")
+    if "prompt" not in entry:
+        raise StudioError(f"The entry for {color} has no \"prompt\" (use null for the background).")
+    seed = entry.get("seed")
+    if seed is not None and not isinstance(seed, int):
+        raise StudioError(f"The seed for {color} must be a whole number, got {seed!r}.")
+    scale = entry.get("guidance_scale", entry.get("cfg"))
+    return ColorPrompt(prompt=entry["prompt"], negative_prompt=entry.get("negative", entry.get("negative_prompt")),
+                       seed=seed, weight=float(entry.get("weight", 1.0)),
+                       guidance_scale=None if scale is None else float(scale))
+
+
+def parse_prompt_table(data: Any) -> dict[str, ColorPrompt]:
+    """{"#rrggbb": "prompt" | null | {"prompt": ..., "negative": ..., "seed": ...}} -> table."""
+    if not isinstance(data, Mapping) or not data:
+        raise StudioError("The prompts file must be a JSON object mapping colours to prompts, "
+                          "e.g. {\"#ff0000\": \"a red sun\", \"#ffffff\": null}.")
+    table: dict[str, ColorPrompt] = {}
+    for key, entry in data.items():
+        color = parse_color(key)
+        if color in table:
+            raise StudioError(f"Colour {color} is listed twice in the prompts file: keep one entry.")
+        table[color] = _color_prompt(color, entry)
+    return table
+
+
+def load_prompt_table(path: str | Path) -> dict[str, ColorPrompt]:
+    """Read a prompts JSON file (see :func:`parse_prompt_table`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise StudioError(f"Prompts file {path} not found: check the path.") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StudioError(f"Prompts file {path} is not valid JSON ({exc}): fix it.") from exc
+    return parse_prompt_table(data)
+
+
+# --- region maps -----------------------------------------------------------------------------
+
+
+def _labels(image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Packed colour per pixel (-1 where transparent), and the distinct colours with counts."""
+    rgba = np.asarray(image.convert("RGBA"))
+    packed = (rgba[..., 0].astype(np.int32) << 16) | (rgba[..., 1].astype(np.int32) << 8) | rgba[..., 2]
+    packed = np.where(rgba[..., 3] >= 128, packed, -1)
+    colors, counts = np.unique(packed[packed >= 0], return_counts=True)
+    return packed, colors, counts
+
+
+def _unpack(color: int) -> tuple[int, int, int]:
+    return (color >> 16) & 255, (color >> 8) & 255, color & 255
+
+
+def _merge_specks(packed: np.ndarray, colors: np.ndarray, counts: np.ndarray,
+                  min_pixels: float) -> tuple[np.ndarray, list[int], list[str]]:
+    """Stray colours (anti-aliased edges, specks) -> the nearest significant colour."""
+    keep = [int(c) for c, n in zip(colors, counts) if n >= min_pixels]
+    strays = [(int(c), int(n)) for c, n in zip(colors, counts) if n < min_pixels]
+    if not strays or not keep:
+        return packed, keep or [int(c) for c in colors], []
+    palette = np.array([_unpack(c) for c in keep], dtype=np.float32)
+    merged = packed.copy()
+    for color, _ in strays:
+        nearest = keep[int(np.argmin(((palette - np.array(_unpack(color), np.float32)) ** 2).sum(1)))]
+        merged[packed == color] = nearest
+    pixels = sum(n for _, n in strays)
+    note = (f"{len(strays)} stray colour(s) covering {pixels} pixel(s) (specks or anti-aliased edges) were "
+            "merged into the nearest region colour; paint with a hard brush to avoid this.")
+    return merged, keep, [note]
+
+
+def regions_from_map(image: Image.Image, table: Mapping[str, ColorPrompt | str | None | Mapping],
+                     speck_fraction: float = SPECK_FRACTION) -> tuple[list[Region], list[str]]:
+    """Regions of a painted colour map, and warnings.
+
+    Colours with a prompt become regions (in the table's order); colours mapped to null,
+    and transparent pixels, are background. A colour covering at least ``speck_fraction``
+    of the map with no prompt is an error that lists every such colour; smaller colours
+    are specks merged into the nearest colour; a prompt whose colour is absent is a warning.
+    """
+    entries = {parse_color(k): v if isinstance(v, ColorPrompt) else _color_prompt(parse_color(k), v)
+               for k, v in table.items()}
+    packed, colors, counts = _labels(image)
+    packed, present, warnings = _merge_specks(packed, colors, counts, speck_fraction * packed.size)
+    names = {color_name(_unpack(c)): c for c in present}
+    missing = [n for n in names if n not in entries]
+    if missing:
+        shares = ", ".join(f"{n} ({100 * (packed == names[n]).mean():.1f}%)" for n in missing)
+        raise StudioError(f"The region map has colour(s) with no prompt: {shares}. Add them to the prompts file "
+                          "(map a colour to null to make it background).")
+    regions: list[Region] = []
+    for color, entry in entries.items():
+        if color not in names:
+            warnings.append(f"Colour {color} ('{entry.prompt}') is in the prompts file but not in the region map; "
+                            "it is ignored.")
+            continue
+        if entry.prompt is None:
+            continue  # background colour
+        mask = Image.fromarray(((packed == names[color]) * 255).astype(np.uint8), mode="L")
+        regions.append(Region(mask=mask, prompt=entry.prompt, negative_prompt=entry.negative_prompt,
+                              seed=entry.seed, weight=entry.weight, guidance_scale=entry.guidance_scale, name=color))
+    return regions, warnings
+
+
+# --- masks at latent size ----------------------------------------------------------------------
+
+
+def check_aspect(size: tuple[int, int], canvas: tuple[int, int], what: str = "The region map") -> None:
+    """StudioError if (width, height) ``size`` and ``canvas`` differ in aspect ratio."""
+    ratio, target = size[0] / size[1], canvas[0] / canvas[1]
+    if abs(math.log(ratio / target)) > ASPECT_TOLERANCE:
+        raise StudioError(f"{what} is {size[0]}x{size[1]} (aspect {ratio:.3g}) but the canvas is "
+                          f"{canvas[0]}x{canvas[1]} (aspect {target:.3g}): paint the map at the canvas's aspect "
+                          "ratio or choose a width and height that match it.")
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (1, 1, h, w) with replicate padding."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    taps = taps / taps.sum()
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+
+
+def latent_mask(mask: Image.Image, canvas: tuple[int, int], factor: int, soft: bool = False,
+                feather: float = 0.0) -> Tensor:
+    """A mask image -> (h, w) weights at latent size for a (width, height) pixel canvas.
+
+    Hard (the paper): resize to the canvas, threshold at 0.5, downsample by nearest.
+    Soft: the fraction of each latent pixel's 8x8 cell inside the mask, then a Gaussian
+    feather of ``feather`` latent pixels (sigma); values in [0, 1].
+    """
+    width, height = canvas
+    resized = mask if mask.size == canvas else mask.resize(canvas, Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)[None, None]
+    size = (height // factor, width // factor)
+    if not soft:
+        return F.interpolate((x > 0.5).float(), size=size, mode="nearest")[0, 0]
+    x = F.interpolate(x, size=size, mode="area")
+    if feather > 0:
+        x = _gaussian_blur(x, feather)
+    return x.clamp(0, 1)[0, 0]
+
+
+def latent_masks(regions: list[Region], canvas: tuple[int, int], factor: int, *, soft: bool = False,
+                 feather: float = 0.0, max_regions: int = MAX_REGIONS
+                 ) -> tuple[list[Region], list[Tensor], list[str]]:
+    """The regions that survive at latent size, their (h, w) masks, and warnings.
+
+    Errors: more than ``max_regions`` regions, a mask of another aspect ratio than the
+    canvas. Regions with no latent pixel (empty or speck-sized) are dropped with a warning.
+    """
+    if len(regions) > max_regions:
+        raise StudioError(f"{len(regions)} regions is over the limit of {max_regions}: merge some colours, or "
+                          "raise the limit (max_regions / --max-regions).")
+    kept: list[Region] = []
+    masks: list[Tensor] = []
+    warnings: list[str] = []
+    for region in regions:
+        check_aspect(region.mask.size, canvas, f"The mask of region {region.label}")
+        mask = latent_mask(region.mask, canvas, factor, soft, feather)
+        if float(mask.sum()) < 0.5:
+            warnings.append(f"Region {region.label} is empty or smaller than one latent pixel ({factor}x{factor} "
+                            "image pixels) at this canvas size; it is ignored. Paint it larger.")
+            continue
+        kept.append(region)
+        masks.append(mask)
+    return kept, masks, warnings
+
+
+def background_weight(masks: list[Tensor], shape: tuple[int, int]) -> Tensor:
+    """W_bg = clamp(1 - sum of region masks, 0), (h, w)."""
+    total = torch.zeros(shape)
+    for mask in masks:
+        total = total + mask
+    return (1 - total).clamp_min(0)
