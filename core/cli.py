@@ -13,7 +13,6 @@ import logging
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .engine import Engine, GenerationResult

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,22 +32,37 @@ def _fit_images(count: int, size: int, seed: int) -> Tensor:
     return torch.stack(images)
 
 
+NOISE_LEVELS = (0.5, 0.1, 0.0)  # abar of the noised fitting latents (0: pure noise)
+
+
 @torch.no_grad()
-def fit_latent_to_rgb(vae: Any, count: int = 12, size: int = 64, seed: int = 0) -> tuple[Tensor, Tensor]:
+def fit_latent_to_rgb(vae: Any, count: int = 12, size: int = 64, seed: int = 0,
+                      noise_levels: Sequence[float] = NOISE_LEVELS) -> tuple[Tensor, Tensor]:
     """Least-squares (A, b) with RGB in [0,1] ~ A @ z + b per latent pixel (z scaled latents).
 
     Targets are the VAE's own decodings, average-pooled to latent resolution, so the
-    map inverts the decoder as seen at that scale.
+    map inverts the decoder as seen at that scale. Besides the encoded latents z, the fit
+    sees noised ones, sqrt(abar) z + sqrt(1 - abar) n with abar in ``noise_levels`` (image i
+    at level i mod L), decoded by the same VAE: previews and fast stroke guidance evaluate
+    the map on noisy latents, where a fit to clean latents alone can be far off (on a VAE
+    whose scaled latents are not unit-variance).
     """
     param = next(vae.parameters())
     images = _fit_images(count, size, seed).to(param.device, param.dtype)
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    z = vae.encode(images).latent_dist.mean
-    decoded = (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
+    z = (vae.encode(images).latent_dist.mean.float() - shift) * scale
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noised = []
+    for i, abar in enumerate(noise_levels):  # q(z_t | z), DDPM eq. 4
+        clean = z[i::len(noise_levels)]
+        noise = torch.randn(clean.shape, generator=generator).to(z.device)
+        noised.append(abar**0.5 * clean + (1 - abar) ** 0.5 * noise)
+    z = torch.cat([z, *noised])
+    decoded = (vae.decode((z / scale + shift).to(param.dtype)).sample / 2 + 0.5).clamp(0, 1)
     factor = size // z.shape[-1]
     target = torch.nn.functional.avg_pool2d(decoded.float(), factor)  # (B, 3, h, w)
-    zs = ((z.float() - shift) * scale).permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    zs = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
     design = torch.cat([zs, torch.ones(len(zs), 1, device=zs.device)], dim=1).double()
     rgb = target.permute(0, 2, 3, 1).reshape(-1, 3).double()
     solution = torch.linalg.lstsq(design.cpu(), rgb.cpu()).solution  # (C + 1, 3)

@@ -11,7 +11,6 @@ UNet in a few batched calls, and several images pair their CFG halves correctly.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any

@@ -4,9 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.engine import Engine
 from core.tiny_model import build_tiny_sd
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny tensors: one thread is faster than OpenMP's barriers, and steady on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,74 @@
+"""``python -m core stroke``: scribble + prompt -> image (GradOP+, GradOP, SDEdit).
+
+    python -m core stroke --model M --strokes SCRIBBLE.png --prompt P [--method gradop+|gradop|sdedit]
+        [--fast] [--fidelity F] [--strength F --iterative-steps N --grad-steps N --lr F]
+        [--words WORDS.json] --out FILE.png
+
+The output size defaults to the scribble's. WORDS.json maps a colour of the scribble to
+words of the prompt: ``{"#3050e0": "river", "#a0a0a0": ["castle", "stone walls"]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+from .cli import add_common, add_generation, load_engine, run_and_save
+from .errors import StudioError
+from .stroke_guidance import METHODS, stroke_request
+from .vae_codec import load_image
+
+
+def read_words(path: str | None) -> dict[str, Any]:
+    """The WORDS.json mapping, or StudioError saying what is wrong with the file."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise StudioError(f"Words file {path} not found: check the path.") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudioError(f"Words file {path} is not valid JSON: write it as {{\"#rrggbb\": \"words\"}}.") from exc
+    if not isinstance(data, dict) or not data:
+        raise StudioError(f"Words file {path} must map colours to words, e.g. {{\"#3050e0\": \"river\"}}.")
+    return data
+
+
+def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the request (fidelity first, explicit flags win), run it and save with its recipe."""
+    strokes = load_image(args.strokes)
+    seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
+    request = stroke_request(
+        args.prompt, strokes, method=args.method, fidelity=args.fidelity, words=read_words(args.words),
+        negative_prompt=args.negative, width=args.width, height=args.height, steps=args.steps,
+        guidance_scale=args.cfg, seed=seed, scheduler=args.scheduler, num_images=args.num_images,
+        strength=args.strength, iterative_steps=args.iterative_steps, grad_steps=args.grad_steps, lr=args.lr,
+        gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
+        refine_steps=args.refine_steps, word_weight=args.word_weight,
+    )
+    return run_and_save(args, load_engine(args), request)
+
+
+def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -> None:
+    """Add the ``stroke`` command (called by core.cli.build_parser)."""
+    p = subparsers.add_parser("stroke", help="scribble + text to image (GradOP+, GradOP, SDEdit)")
+    add_generation(p, "the scribble's size")
+    p.set_defaults(steps=50, scheduler="ddim")
+    p.add_argument("--strokes", required=True, help="scribble PNG; transparent pixels do not constrain the output")
+    p.add_argument("--method", default="gradop+", choices=METHODS, help="default: gradop+")
+    p.add_argument("--fast", action="store_true", help="loss through the fitted latent->RGB map (no decoder)")
+    p.add_argument("--fidelity", type=float, help="0 ignores the scribble, 1 follows it closely (0.5: reference)")
+    p.add_argument("--strength", type=float, help="gradop+: guidance start; gradop: t0; sdedit: img2img strength")
+    p.add_argument("--iterative-steps", type=int, help="gradop+: guided steps (default 3)")
+    p.add_argument("--grad-steps", type=int, help="Adam steps per guided step (gradop+: 12; gradop: 40)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 0.1)")
+    p.add_argument("--gamma", type=float, help="gradop: weight of the distance to the text-only sample")
+    p.add_argument("--blur-sigma", type=float, help="painting blur sigma at 512 px (default 7, scaled with size)")
+    p.add_argument("--blur-kernel", type=int, help="painting blur kernel at 512 px (odd, default 35)")
+    p.add_argument("--refine-steps", type=int, help="--fast: true-decoder Adam steps at the end (default 0)")
+    p.add_argument("--words", help="JSON file mapping '#rrggbb' colours of the scribble to words of the prompt")
+    p.add_argument("--word-weight", type=float, help="strength w of the words' attention bias (default 0.4)")
+    add_common(p)
+    commands["stroke"] = cmd_stroke

@@ -1,0 +1,726 @@
+"""Stroke guidance: scribble + prompt -> image (Singh, Gould, Zheng, CVPR 2023, arXiv 2211.17084).
+
+The paper models the output as the solution of a constrained optimisation (the GradOP objective):
+
+    x* = argmin_x  L(f(D(x)), y) + gamma * d(x, x_text)
+
+with y the scribble, D the VAE decoder, f a "painting function" (a Gaussian blur: the
+scribble is a blurred, flat-coloured version of the image) and x_text a sample of the
+text-only model. Three methods, one request type (:class:`StrokeRequest`):
+
+**GradOP+** (the authors' released ``pipeline_gradop_stroke2img.py``; reference defaults):
+DDIM 50 steps, CFG 7.5, eta 0, starting from pure noise (the text-only trajectory). At the
+steps i = s .. s+N-1, s = steps - int(steps * strength) (= 10 for strength 0.8), N =
+``iterative_steps`` (3), after the scheduler step to x_{t_{i+1}}: z = x_{t_{i+1}}, then
+``grad_steps`` (12) Adam steps at ``lr`` (0.1) on L(z) = MSE(blur_{k=35, sigma=7}(clamp((D(z)+1)/2)), y),
+then re-noise z ~ q(x_{t_{i+1}} | z) (DDPM eq. 4, fresh noise) and go on. Gradients reach the
+decoder only, never the UNet. Fixed here w.r.t. the reference: any size that is a multiple
+of 8 (blur scaled by sqrt(W H) / 512), the target resized to the output, the VAE's own
+scaling factor, the start step computed without float truncation (the reference's
+``int(50 * (1 - 0.8))`` is 9), partial scribbles (an RGBA scribble's transparent pixels
+are left out of the loss, and the re-noised latent replaces the trajectory only where the
+scribble is painted, by its alpha pooled to latent resolution), and any single-step
+scheduler: ddim, ddpm, euler, euler_a, lcm (sigma-space samples are converted to the
+variance-preserving latent that the decoder expects). Multistep solvers (dpmpp_2m, PNDM,
+LMS, UniPC) keep a history of model outputs that a jump in x_t invalidates: refused.
+
+**GradOP** (the paper's plain two-stage form, not released): stage 1 samples x_text with
+the text-only model, then solves the objective by ``grad_steps`` (40) Adam steps at ``lr``
+(0.1) from x_text with d(x, x_text) = mean squared distance in latent space and gamma =
+``gamma`` (0.001: L is a pixel MSE of order 1e-2, d a latent MSE of order 1 once x moves);
+stage 2 forward-diffuses x* to t0 = the first timestep of the last int(steps * strength)
+steps (strength 0.5; fresh noise, DDPM eq. 4) and denoises back with the same prompt and
+CFG (SDEdit from x*; strength 0 returns x* itself). Choices where the paper leaves room:
+x is the latent (not pixels), d is the latent MSE, the same Gaussian f as GradOP+, Adam
+from x_text (the text sample is also the initial point), stage 2 reuses the scheduler and
+CFG of stage 1, and its noise continues each image's generator. Any scheduler works.
+
+**SDEdit** (Meng et al. 2022): img2img from the scribble at ``strength`` (transparent
+pixels composited on white, the canvas colour); the baseline the paper beats.
+
+**Fast mode** (``fast=True``): the loss is computed at latent resolution through the
+linear latent -> RGB map fitted by least squares to the loaded model's VAE
+(:func:`core.latent_rgb.latent_rgb_map`, once per model), with the target area-pooled
+and the blur scaled to latent pixels; no decoder pass during guidance. ``refine_steps``
+optional Adam steps through the true decoder at the end of the last guided step.
+
+**Fidelity** (one slider, 0 = ignore the scribble, 1 = follow it closely; 0.5 = the
+reference defaults): see :func:`fidelity_parameters`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                       LCMScheduler)
+from PIL import Image
+from torch import Tensor
+
+from .attention_control import SemanticControl, colour_mask, parse_colour, semantic_attention, word_regions
+from .engine import RUNNERS, Engine, GenerationResult, img2img_timesteps, initial_noise
+from .errors import CancelledError, StudioError
+from .latent_rgb import latent_rgb_map, latents_to_rgb
+from .prompts import PromptEncoder
+from .recipe import register_request_kind
+from .requests import DEFAULT_MAX_PIXELS, MAX_SEED, GenerationRequest
+from .sampling import (EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, classifier_free_guidance,
+                       denoise, step_kwargs)
+from .schedulers import canonical_scheduler_name, make_scheduler
+from .vae_codec import require_multiple_of
+
+METHODS = ("gradop+", "gradop", "sdedit")
+REFERENCE_SIZE = 512  # blur_sigma and blur_kernel are given at this image size
+SINGLE_STEP = (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, LCMScheduler)
+SIGMA_SPACE = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)  # samples are x0 + sigma * eps
+METHOD_DEFAULTS: dict[str, dict[str, float | int]] = {  # per method, for fields left as None
+    "gradop+": {"strength": 0.8, "grad_steps": 12},
+    "gradop": {"strength": 0.5, "grad_steps": 40},
+    "sdedit": {"strength": 0.8, "grad_steps": 0},
+}
+
+Renderer = Callable[[Tensor], Tensor]  # scaled latents (B, C, h, w) -> RGB (B, 3, H, W) in [0, 1]
+Loss = Callable[[Tensor], Tensor]  # scaled latents (B, C, h, w) -> per-image loss (B,)
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
+
+
+def _alpha(image: Image.Image) -> np.ndarray:
+    """(H, W) alpha in [0, 1]; ones for images without transparency."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        return np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+    return np.ones((image.height, image.width), dtype=np.float32)
+
+
+# --- the request -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StrokeRequest:
+    """Scribble + prompt -> image by GradOP+, GradOP or SDEdit (defaults: the GradOP+ reference)."""
+
+    prompt: str
+    strokes: Image.Image = field(compare=False)  # RGB, or RGBA whose transparent pixels do not constrain
+    method: str = "gradop+"  # gradop+, gradop or sdedit
+    negative_prompt: str = ""
+    width: int | None = None  # None: the scribble's width (multiple of 8)
+    height: int | None = None
+    steps: int = 50  # scheduler steps of the full schedule
+    guidance_scale: float = 7.5  # classifier-free guidance w
+    seed: int = 0  # image i of a batch uses seed + i
+    scheduler: str = "ddim"  # gradop+ needs a single-step one: ddim, euler, euler_a, lcm (or a DDPM default)
+    num_images: int = 1
+    strength: float | None = None  # gradop+: start step = steps - int(steps*strength); gradop: t0; sdedit: img2img
+    iterative_steps: int = 3  # gradop+: guided steps N (clipped to the schedule, never the last step)
+    grad_steps: int | None = None  # Adam steps per guided step (gradop+: 12) or for the objective (gradop: 40)
+    lr: float = 0.1  # Adam learning rate
+    gamma: float = 0.001  # gradop: weight of d(x, x_text) in the objective (L is a pixel MSE, d a latent MSE)
+    blur_sigma: float = 7.0  # painting function f: Gaussian sigma in pixels at 512 px (scaled with size)
+    blur_kernel: int = 35  # its kernel size at 512 px (odd)
+    fast: bool = False  # loss through the fitted linear latent -> RGB map at latent resolution
+    refine_steps: int = 0  # fast mode: true-decoder Adam steps at the end of the last optimisation
+    fidelity: float | None = None  # the slider value the parameters came from (informational)
+    words: tuple[tuple[str, str], ...] = ()  # (colour '#rrggbb', phrase of the prompt) pairs
+    word_weight: float = 0.4  # w of eDiff-I's bias w * log(1 + sigma_t) * max logit
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        self._check_inputs()
+        defaults = METHOD_DEFAULTS[self.method]
+        if self.strength is None:
+            object.__setattr__(self, "strength", float(defaults["strength"]))
+        if self.grad_steps is None:
+            object.__setattr__(self, "grad_steps", int(defaults["grad_steps"]))
+        object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
+        object.__setattr__(self, "words", word_pairs(self.words))
+        self._check_values()
+        self._check_words()
+
+    def _check_inputs(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise StudioError("The prompt must be text.")
+        if self.method not in METHODS:
+            raise StudioError(f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
+        if not isinstance(self.strokes, Image.Image):
+            raise StudioError("The scribble must be an image (PNG with or without transparency).")
+        if self.strokes.width < 8 or self.strokes.height < 8:
+            raise StudioError(f"The scribble is {self.strokes.width}x{self.strokes.height}: it must be at least 8x8.")
+        if not (_alpha(self.strokes) > 0).any():
+            raise StudioError("The scribble is empty (every pixel is transparent): paint something on it.")
+        for name, own in (("width", self.strokes.width), ("height", self.strokes.height)):
+            value = getattr(self, name)
+            if value is None:
+                require_multiple_of(own, f"The scribble's {name}")
+            else:
+                if value < 8:
+                    raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {value}.")
+                require_multiple_of(value, name.capitalize())
+
+    def _check_values(self) -> None:
+        w, h = self.size
+        if w * h > self.max_pixels:
+            raise StudioError(f"{w}x{h} is {w * h:,} pixels, over the limit of {self.max_pixels:,}: "
+                              "choose a smaller size.")
+        _check_range("Steps", self.steps, 1, 1000)
+        _check_range("Guidance scale", self.guidance_scale, 0, 50)
+        _check_range("Seed", self.seed, 0, MAX_SEED)
+        _check_range("Number of images", self.num_images, 1, 16)
+        _check_range("Strength", self.strength, 0, 1)
+        _check_range("Iterative steps", self.iterative_steps, 0, 100)
+        _check_range("Gradient steps", self.grad_steps, 0, 1000)
+        _check_range("Learning rate", self.lr, 1e-6, 10)
+        _check_range("Gamma", self.gamma, 0, 1e4)
+        _check_range("Blur sigma", self.blur_sigma, 0, 200)
+        _check_range("Blur kernel", self.blur_kernel, 1, 255)
+        if self.blur_kernel % 2 == 0:
+            raise StudioError(f"Blur kernel must be odd, got {self.blur_kernel}: use {self.blur_kernel + 1}.")
+        _check_range("Refine steps", self.refine_steps, 0, 1000)
+        _check_range("Word weight", self.word_weight, 0, 10)
+        if self.fidelity is not None:
+            _check_range("Fidelity", self.fidelity, 0, 1)
+
+    def _check_words(self) -> None:
+        for colour, phrase in self.words:
+            parse_colour(colour)
+            if not phrase.strip():
+                raise StudioError(f"Colour {colour} names no words: give words of the prompt, e.g. \"river\".")
+            if not colour_mask(self.strokes, colour).any():
+                raise StudioError(f"Colour {colour} is not painted in the scribble: use a colour of the scribble "
+                                  "(within 40 per channel) or remove it from the words.")
+
+    @property
+    def kind(self) -> str:
+        return "stroke"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the output: the request's, else the scribble's."""
+        return self.width or self.strokes.width, self.height or self.strokes.height
+
+    def settings(self) -> dict[str, Any]:
+        """Every field but the scribble, for recipes and logs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "strokes"}
+
+
+def fidelity_parameters(method: str, fidelity: float) -> dict[str, Any]:
+    """One "fidelity" slider f in [0, 1] -> the method's parameters (0.5 = reference defaults).
+
+    f = 0 ignores the scribble in every method, higher f follows it more closely:
+      gradop+ : iterative_steps = round(6 f)          (0 .. 6; 3 at 0.5, the reference)
+      sdedit  : strength = 1 - 0.4 f                  (1.0 .. 0.6; 0.8 at 0.5, the reference)
+      gradop  : strength (t0) = 1 - f                 (1.0 .. 0.0, where 0 returns x* itself; 0.5 at 0.5)
+    """
+    _check_range("Fidelity", fidelity, 0, 1)
+    if method == "gradop+":
+        return {"iterative_steps": int(round(6 * fidelity)), "fidelity": fidelity}
+    if method == "sdedit":
+        return {"strength": round(1 - 0.4 * fidelity, 6), "fidelity": fidelity}
+    if method == "gradop":
+        return {"strength": round(1 - fidelity, 6), "fidelity": fidelity}
+    raise StudioError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
+
+
+def stroke_request(prompt: str, strokes: Image.Image, method: str = "gradop+", fidelity: float | None = None,
+                   words: dict[str, str | Sequence[str]] | Sequence[tuple[str, str]] = (),
+                   **overrides: Any) -> StrokeRequest:
+    """A request from the fidelity slider (if given) with explicit ``overrides`` winning.
+
+    ``words`` maps a colour to a phrase or a list of phrases of the prompt.
+    """
+    params: dict[str, Any] = fidelity_parameters(method, fidelity) if fidelity is not None else {}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return StrokeRequest(prompt=prompt, strokes=strokes, method=method, words=word_pairs(words), **params)
+
+
+def word_pairs(words: dict[str, str | Sequence[str]] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """{colour: phrase or [phrases]} (or pairs) -> ((colour, phrase), ...)."""
+    if isinstance(words, dict):
+        pairs: list[tuple[str, str]] = []
+        for colour, phrases in words.items():
+            if isinstance(phrases, str):
+                phrases = [phrases]
+            if not isinstance(phrases, (list, tuple)) or not all(isinstance(p, str) for p in phrases):
+                raise StudioError(f"Words for {colour} must be a phrase or a list of phrases of the prompt.")
+            pairs.extend((str(colour), p) for p in phrases)
+        return tuple(pairs)
+    try:
+        return tuple((str(c), str(p)) for c, p in words)
+    except (TypeError, ValueError) as exc:
+        raise StudioError("Words must map colours to words of the prompt, e.g. {\"#3050e0\": \"river\"}.") from exc
+
+
+# --- the painting function f and the loss ----------------------------------------------------------
+
+
+def blur_at(sigma: float, kernel: int, width: int, height: int, pixel: int = 1) -> tuple[float, int]:
+    """(sigma, kernel) of the painting blur for a width x height image, in units of ``pixel`` pixels.
+
+    Both scale with sqrt(W H) / 512 (the reference's 35/7 at 512 px); the kernel stays odd.
+    """
+    scale = math.sqrt(width * height) / REFERENCE_SIZE / pixel
+    size = max(1, int(round(kernel * scale)))
+    return sigma * scale, size if size % 2 else size + 1
+
+
+@functools.lru_cache(maxsize=64)
+def blur_matrix(size: int, sigma: float, kernel: int) -> Tensor:
+    """(size, size) matrix of a 1-D Gaussian blur with reflect padding: blurred = M @ x.
+
+    Row i holds the normalised taps exp(-d^2 / 2 sigma^2), |d| <= kernel // 2, at the reflected
+    indices (kornia's ``gaussian_blur2d`` border); kernel is clipped so one reflection suffices.
+    """
+    kernel = min(kernel, 2 * size - 1)
+    offsets = torch.arange(kernel, dtype=torch.float64) - kernel // 2
+    taps = torch.exp(-offsets**2 / (2 * sigma**2))
+    taps = taps / taps.sum()
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    for i in range(size):
+        j = (i + offsets.long()).abs()
+        j = torch.where(j > size - 1, 2 * (size - 1) - j, j)
+        matrix[i].index_add_(0, j, taps)
+    return matrix
+
+
+def gaussian_blur(images: Tensor, sigma: float, kernel: int) -> Tensor:
+    """Separable Gaussian blur of (B, C, H, W) images as G_H X G_W^T (differentiable; two matmuls
+    ran several times faster than depthwise convolutions on the CPU at 64..512 px)."""
+    if kernel <= 1 or sigma <= 0:
+        return images
+    rows = blur_matrix(images.shape[-2], float(sigma), int(kernel)).to(images)
+    cols = blur_matrix(images.shape[-1], float(sigma), int(kernel)).to(images)
+    return rows @ images @ cols.T
+
+
+@dataclass
+class StrokeTarget:
+    """The scribble y at one resolution, with the weight of each pixel in the loss (its alpha)."""
+
+    rgb: Tensor  # (1, 3, H, W) in [0, 1]
+    mask: Tensor  # (1, 1, H, W) in [0, 1]; ones for an opaque scribble
+
+    @classmethod
+    def from_image(cls, image: Image.Image, width: int, height: int,
+                   device: torch.device | str = "cpu") -> "StrokeTarget":
+        """Resize (premultiplied alpha, Lanczos) to width x height and split colour and alpha."""
+        rgba = image.convert("RGBA")
+        if rgba.size != (width, height):
+            rgba = rgba.convert("RGBa").resize((width, height), Image.LANCZOS).convert("RGBA")
+        array = torch.from_numpy(np.asarray(rgba, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        if _alpha(image).min() >= 1:
+            array[:, 3] = 1.0
+        return cls(array[:, :3].contiguous().to(device), array[:, 3:].contiguous().to(device))
+
+    @property
+    def partial(self) -> bool:
+        return bool((self.mask < 1).any())
+
+    def pooled(self, factor: int) -> "StrokeTarget":
+        """Area-pooled by ``factor`` (colours averaged over painted pixels only)."""
+        if factor == 1:
+            return self
+        mask = F.avg_pool2d(self.mask, factor)
+        rgb = F.avg_pool2d(self.rgb * self.mask, factor) / mask.clamp_min(1e-6)
+        return StrokeTarget(rgb * (mask > 0), mask)
+
+
+def masked_mse(images: Tensor, target: StrokeTarget) -> Tensor:
+    """Per-image MSE over the painted pixels: sum m (x - y)^2 / (3 sum m). (B,)"""
+    mask = target.mask.to(images.dtype)
+    err = ((images - target.rgb.to(images.dtype)) ** 2 * mask).sum(dim=(1, 2, 3))
+    return err / (3 * mask.sum()).clamp_min(1e-8)
+
+
+@dataclass
+class PaintingLoss:
+    """L(z) = MSE_m(f(R(z)), y), the data term of the GradOP objective, f a Gaussian blur, R a renderer."""
+
+    render: Renderer  # the VAE decoder, or the linear latent -> RGB map in fast mode
+    target: StrokeTarget  # at the renderer's output resolution
+    sigma: float  # blur in the renderer's output pixels
+    kernel: int
+
+    def __call__(self, latents: Tensor) -> Tensor:
+        return masked_mse(gaussian_blur(self.render(latents), self.sigma, self.kernel), self.target)
+
+
+def decoder_renderer(vae: Any) -> Renderer:
+    """R(z) = clamp((D(z / scale + shift) + 1) / 2, 0, 1) with gradients (the reference's f input)."""
+    scale = float(vae.config.scaling_factor)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    def render(latents: Tensor) -> Tensor:
+        out = vae.decode(latents.to(vae.dtype) / scale + shift).sample
+        return (out.float() / 2 + 0.5).clamp(0, 1)
+
+    return render
+
+
+def linear_renderer(weight: Tensor, bias: Tensor) -> Renderer:
+    """R(z) = clamp(A z + b) at latent resolution (the fitted map of core.latent_rgb)."""
+    return lambda latents: latents_to_rgb(latents.float(), weight, bias)
+
+
+def painting_loss(render: Renderer, target: StrokeTarget, request: StrokeRequest, pixel: int = 1) -> PaintingLoss:
+    """The loss for ``request`` with a renderer whose pixels are ``pixel`` image pixels wide."""
+    width, height = request.size
+    sigma, kernel = blur_at(request.blur_sigma, request.blur_kernel, width, height, pixel)
+    return PaintingLoss(render, target.pooled(pixel), sigma, kernel)
+
+
+def optimise_latents(start: Tensor, loss: Loss, steps: int, lr: float, anchor: Tensor | None = None,
+                     gamma: float = 0.0) -> tuple[Tensor, list[float]]:
+    """Adam on sum_b [L(z_b) + gamma * mean((z_b - anchor_b)^2)] from ``start`` (the GradOP objective).
+
+    Gradients flow through the renderer into z only. Returns z* and the objective before each step.
+    """
+    history: list[float] = []
+    with torch.enable_grad():
+        z = start.detach().float().clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            objective = loss(z).sum()
+            if anchor is not None and gamma > 0:
+                objective = objective + gamma * ((z - anchor.float()) ** 2).mean(dim=(1, 2, 3)).sum()
+            optimiser.zero_grad(set_to_none=True)
+            objective.backward()
+            optimiser.step()
+            history.append(float(objective.detach()))
+    return z.detach().to(start.dtype), history
+
+
+# --- GradOP+ ---------------------------------------------------------------------------------------
+
+
+def guided_steps(num_steps: int, strength: float, iterative_steps: int) -> range:
+    """Indices i of the steps after which GradOP+ optimises: s .. s+N-1, s = steps - int(steps*strength).
+
+    The last step (to t = 0) is never guided, as in the reference.
+    """
+    start = num_steps - int(num_steps * strength)
+    return range(start, min(start + iterative_steps, num_steps - 1))
+
+
+def check_scheduler(scheduler: Any) -> None:
+    """StudioError unless GradOP+ is sound on ``scheduler`` (a single-step sampler)."""
+    if not isinstance(scheduler, SINGLE_STEP):
+        raise StudioError(f"GradOP+ changes x_t between steps, which {type(scheduler).__name__} (a multistep "
+                          "solver) cannot follow: use --scheduler ddim (the reference), euler, euler_a or lcm.")
+
+
+def noise_level(scheduler: Any, timesteps: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
+    """(abar, c) of the sample at ``timesteps[index]``: c maps the scheduler's sample to the
+    variance-preserving latent sqrt(abar) x0 + sqrt(1 - abar) eps (None when they are the same)."""
+    if isinstance(scheduler, SIGMA_SPACE):
+        sigma = scheduler.sigmas[index].double()
+        abar = (1 / (1 + sigma**2)).float()
+        return abar, abar.sqrt()
+    return alpha_bar(scheduler, timesteps[index]), None
+
+
+def draw_noise(generators: Sequence[torch.Generator], like: Tensor) -> Tensor:
+    """Fresh N(0, I) noise shaped like ``like``: one draw per image from its generator (CPU)."""
+    shape = (1, *like.shape[1:])
+    noise = torch.cat([torch.randn(shape, generator=g, dtype=like.dtype) for g in generators])
+    return noise.to(like.device)
+
+
+@dataclass
+class GuidanceTrace:
+    """What guidance did: the objective before each Adam step, per guided step, and its time."""
+
+    losses: list[list[float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def gradop_plus_hook(scheduler: Any, timesteps: Tensor, loss: Loss, window: range, grad_steps: int, lr: float,
+                     generators: Sequence[torch.Generator], mask: Tensor | None = None,
+                     trace: GuidanceTrace | None = None, refine: tuple[Loss, int] | None = None,
+                     callback: ProgressCallback | None = None) -> StepHook:
+    """The GradOP+ step hook: at the steps in ``window``, after the step to x_{t_{i+1}}:
+
+        z* = Adam^K_lr(L, z = x_{t_{i+1}})                      (K = grad_steps; the reference's optimisation)
+        x_{t_{i+1}} <- m (sqrt(abar) z* + sqrt(1 - abar) n) + (1 - m) x_{t_{i+1}},  n ~ N(0, I)
+                                                                 (re-noise, DDPM eq. 4; m = latent alpha)
+    ``refine`` = (true-decoder loss, steps) adds that many Adam steps after the last window step.
+    """
+    trace = trace if trace is not None else GuidanceTrace()
+
+    def hook(i: int, t: Tensor, latents: Tensor) -> Tensor:
+        if i not in window:
+            return latents
+        start = time.perf_counter()
+        abar, c = noise_level(scheduler, timesteps, i + 1)
+        z = latents if c is None else latents * c.to(latents)
+        z_star, history = optimise_latents(z, loss, grad_steps, lr)
+        if refine is not None and i == window[-1] and refine[1] > 0:
+            z_star, more = optimise_latents(z_star, refine[0], refine[1], lr)
+            history += more
+        abar = abar.to(z)
+        renoised = abar.sqrt() * z_star + (1 - abar).sqrt() * draw_noise(generators, z)
+        if mask is not None:
+            renoised = mask * renoised + (1 - mask) * z
+        trace.losses.append(history)
+        trace.seconds += time.perf_counter() - start
+        if callback is not None and callback(ProgressEvent("guidance", window.index(i) + 1, len(window))):
+            raise CancelledError("cancelled")
+        return renoised if c is None else renoised / c.to(renoised)
+
+    return hook
+
+
+def sample_gradop_plus(noise: Tensor, scheduler: Any, eps_fn: EpsFn, loss: Loss, *, strength: float,
+                       iterative_steps: int, grad_steps: int, lr: float, generators: Sequence[torch.Generator],
+                       mask: Tensor | None = None, refine: tuple[Loss, int] | None = None,
+                       extra_step_kwargs: dict[str, Any] | None = None, callback: ProgressCallback | None = None,
+                       preview: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, GuidanceTrace]:
+    """GradOP+ from pure ``noise`` (N, C, h, w) with a scheduler whose timesteps are set.
+
+    Independent of any VAE: ``loss`` and ``eps_fn`` are injected (tests use analytic ones).
+    With no guided step this is exactly the text-only sample.
+    """
+    check_scheduler(scheduler)
+    timesteps = scheduler.timesteps
+    window = guided_steps(len(timesteps), strength, iterative_steps)
+    trace = GuidanceTrace()
+    hook = None
+    if len(window) and grad_steps > 0:
+        hook = gradop_plus_hook(scheduler, timesteps, loss, window, grad_steps, lr, generators, mask, trace,
+                                refine, callback)
+    latents = denoise(noise * scheduler.init_noise_sigma, scheduler, timesteps, eps_fn,
+                      extra_step_kwargs=extra_step_kwargs, step_hook=hook, callback=callback, preview=preview)
+    return latents, trace
+
+
+# --- GradOP ----------------------------------------------------------------------------------------
+
+
+def _staged(callback: ProgressCallback | None, stage: str) -> ProgressCallback | None:
+    if callback is None:
+        return None
+    return lambda event: callback(dataclasses.replace(event, stage=stage))
+
+
+def sample_gradop(noise: Tensor, new_scheduler: Callable[[], Any], eps_fn: EpsFn, loss: Loss, *, steps: int,
+                  strength: float, grad_steps: int, lr: float, gamma: float, generators: Sequence[torch.Generator],
+                  refine: tuple[Loss, int] | None = None, extra_step_kwargs: Callable[[Any], dict] | None = None,
+                  callback: ProgressCallback | None = None,
+                  preview: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, GuidanceTrace]:
+    """GradOP, the paper's two stages (solve the objective, then forward diffusion to t0 and back).
+
+    1. x_text = text-only sample from ``noise``; x* = argmin_x L(x) + gamma * d(x, x_text), by
+       ``grad_steps`` Adam steps from x_text (d = mean squared latent distance).
+    2. x_{t0} = sqrt(abar_t0) x* + sqrt(1 - abar_t0) n (fresh n), then denoise from t0, where
+       t0 is the first of the last int(steps * strength) timesteps (SDEdit's convention).
+    ``new_scheduler()`` returns a fresh scheduler with its ``steps`` timesteps set (one per stage).
+    """
+    first = new_scheduler()
+    kwargs = extra_step_kwargs or (lambda s: {})
+    x_text = denoise(noise * first.init_noise_sigma, first, first.timesteps, eps_fn, extra_step_kwargs=kwargs(first),
+                     callback=_staged(callback, "text"), preview=preview)
+    trace = GuidanceTrace()
+    start = time.perf_counter()
+    x_star, history = optimise_latents(x_text, loss, grad_steps, lr, anchor=x_text, gamma=gamma)
+    if refine is not None and refine[1] > 0:
+        x_star, more = optimise_latents(x_star, refine[0], refine[1], lr, anchor=x_text, gamma=gamma)
+        history += more
+    trace.losses.append(history)
+    trace.seconds = time.perf_counter() - start
+    second = new_scheduler()
+    latents = sample_sdedit(x_star, second, eps_fn, steps=steps, strength=strength, generators=generators,
+                            extra_step_kwargs=kwargs(second), callback=_staged(callback, "denoise"), preview=preview)
+    return latents, trace
+
+
+def sample_sdedit(init: Tensor, scheduler: Any, eps_fn: EpsFn, *, steps: int, strength: float,
+                  generators: Sequence[torch.Generator], extra_step_kwargs: dict[str, Any] | None = None,
+                  callback: ProgressCallback | None = None, preview: Callable[[Tensor], Any] | None = None) -> Tensor:
+    """SDEdit (Meng et al. 2022): x_{t0} = sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n, then denoise from t0,
+    t0 the first of the last int(steps * strength) timesteps (as Engine.generate's img2img)."""
+    timesteps = img2img_timesteps(scheduler, steps, strength)
+    if not len(timesteps):
+        return init
+    latents = scheduler.add_noise(init, draw_noise(generators, init), timesteps[:1].repeat(len(init)))
+    return denoise(latents, scheduler, timesteps, eps_fn, extra_step_kwargs=extra_step_kwargs, callback=callback,
+                   preview=preview)
+
+
+# --- running a request on the engine ---------------------------------------------------------------
+
+
+@dataclass
+class StrokeResult(GenerationResult):
+    """A generation result with the stroke guidance's own measurements."""
+
+    faithfulness: list[float] = field(default_factory=list)  # per image: MSE_m(f(image), y), true decoder
+    losses: list[list[float]] = field(default_factory=list)  # objective before each Adam step, per optimisation
+
+
+def faithfulness(images: Sequence[Image.Image], request: StrokeRequest) -> list[float]:
+    """MSE_m(f(x), y) of each final image x (decoded by the true VAE) to the scribble y."""
+    width, height = request.size
+    target = StrokeTarget.from_image(request.strokes, width, height)
+    sigma, kernel = blur_at(request.blur_sigma, request.blur_kernel, width, height)
+    pixels = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                          for im in images])
+    return [float(v) for v in masked_mse(gaussian_blur(pixels, sigma, kernel), target)]
+
+
+def flatten_scribble(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """RGB scribble for SDEdit: transparent pixels composited on the (white) canvas colour."""
+    if _alpha(image).min() >= 1:
+        return image.convert("RGB")
+    canvas = Image.new("RGBA", image.size, background + (255,))
+    return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
+
+
+def semantic_context(engine: Engine, request: StrokeRequest, cond: Tensor,
+                     scheduler: Any) -> ContextManager[SemanticControl | None]:
+    """Paint-with-words processors for the request's words (a no-op context without words)."""
+    if not request.words:
+        return nullcontext()
+    bundle = engine.bundle
+    width, height = request.size
+    factor = bundle.vae_scale_factor
+    latent_size = (height // factor, width // factor)
+    strokes = request.strokes.convert("RGBA")
+    if strokes.size != (width, height):
+        strokes = strokes.resize((width, height), Image.NEAREST)
+    regions = word_regions(bundle.tokenizer, request.prompt, strokes, request.words, latent_size)
+    control = SemanticControl(regions, request.word_weight, latent_size, cond=cond[:1])
+    return semantic_attention(bundle.unet, control, scheduler)
+
+
+@dataclass
+class _Setup:
+    """What GradOP and GradOP+ share: prompts, noise, eps_fn, schedulers."""
+
+    encoder: PromptEncoder
+    cond: Tensor
+    seeds: list[int]
+    noise: Tensor
+    generators: list[torch.Generator]
+    eps_fn: EpsFn
+    new_scheduler: Callable[[], Any]
+    step_kwargs: Callable[[Any], dict]
+
+
+def _setup(engine: Engine, request: StrokeRequest) -> _Setup:
+    bundle, n = engine.bundle, request.num_images
+    encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
+    cond = encoder(request.prompt).repeat(n, 1, 1)
+    uncond = encoder(request.negative_prompt).repeat(n, 1, 1) if request.guidance_scale > 1 else None
+
+    def new_scheduler() -> Any:
+        scheduler = make_scheduler(request.scheduler, bundle.scheduler_config)
+        scheduler.set_timesteps(request.steps, device=bundle.device)
+        return scheduler
+
+    width, height = request.size
+    factor = bundle.vae_scale_factor
+    shape = (bundle.unet.config.in_channels, height // factor, width // factor)
+    seeds = [request.seed + i for i in range(n)]
+    noise, generators = initial_noise(seeds, shape, bundle.device, cond.dtype)
+    eps_fn = classifier_free_guidance(engine.model_fn(new_scheduler()), cond, uncond, request.guidance_scale)
+    generator = generators[0] if n == 1 else generators
+    return _Setup(encoder, cond, seeds, noise, generators, eps_fn, new_scheduler,
+                  lambda scheduler: step_kwargs(scheduler, generator))
+
+
+def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, int] | None, StrokeTarget]:
+    """The guidance loss (decoder or fast), the optional refinement, and the full-size target."""
+    bundle = engine.bundle
+    width, height = request.size
+    target = StrokeTarget.from_image(request.strokes, width, height, bundle.device)
+    decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request)
+    if not request.fast:
+        return decoder_loss, None, target
+    weight, bias = latent_rgb_map(bundle.vae)
+    fast_loss = painting_loss(linear_renderer(weight, bias), target, request, bundle.vae_scale_factor)
+    return fast_loss, (decoder_loss, request.refine_steps) if request.refine_steps else None, target
+
+
+@torch.no_grad()
+def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallback | None = None) -> StrokeResult:
+    """Run a :class:`StrokeRequest` on ``engine`` (registered as the runner of kind 'stroke')."""
+    if request.method == "sdedit":
+        return _run_sdedit(engine, request, callback)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    setup = _setup(engine, request)
+    loss, refine, target = _losses(engine, request)
+    if request.method == "gradop+":
+        check_scheduler(setup.new_scheduler())
+    timings["encode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with semantic_context(engine, request, setup.cond, setup.new_scheduler()):
+        latents, trace = _sample(engine, request, setup, loss, refine, target, callback)
+    timings["denoise"] = time.perf_counter() - start - trace.seconds
+    timings["guidance"] = trace.seconds
+    start = time.perf_counter()
+    images = engine.decode(latents)
+    timings["decode"] = time.perf_counter() - start
+    return StrokeResult(images=images, seeds=setup.seeds, latents=latents, request=request, timings=timings,
+                        warnings=list(engine.bundle.warnings) + setup.encoder.warnings + _window_warning(request),
+                        faithfulness=faithfulness(images, request), losses=trace.losses)
+
+
+def _window_warning(request: StrokeRequest) -> list[str]:
+    """A warning when GradOP+'s guided steps do not all fit before the last step."""
+    if request.method != "gradop+":
+        return []
+    window = guided_steps(request.steps, request.strength, request.iterative_steps)
+    if len(window) == request.iterative_steps:
+        return []
+    return [f"Only {len(window)} of {request.iterative_steps} iterative steps fit between the guidance start "
+            f"(step {request.steps - int(request.steps * request.strength)}) and the last step: raise the steps "
+            "or the strength to guide more."]
+
+
+def _sample(engine: Engine, request: StrokeRequest, setup: _Setup, loss: Loss, refine: tuple[Loss, int] | None,
+            target: StrokeTarget, callback: ProgressCallback | None) -> tuple[Tensor, GuidanceTrace]:
+    if request.method == "gradop":
+        return sample_gradop(setup.noise, setup.new_scheduler, setup.eps_fn, loss, steps=request.steps,
+                             strength=request.strength, grad_steps=request.grad_steps, lr=request.lr,
+                             gamma=request.gamma, generators=setup.generators, refine=refine,
+                             extra_step_kwargs=setup.step_kwargs, callback=callback, preview=engine.preview)
+    scheduler = setup.new_scheduler()
+    mask = None
+    if target.partial:
+        mask = target.pooled(engine.bundle.vae_scale_factor).mask.to(setup.noise.dtype)
+    return sample_gradop_plus(setup.noise, scheduler, setup.eps_fn, loss, strength=request.strength,
+                              iterative_steps=request.iterative_steps, grad_steps=request.grad_steps, lr=request.lr,
+                              generators=setup.generators, mask=mask, refine=refine,
+                              extra_step_kwargs=setup.step_kwargs(scheduler), callback=callback,
+                              preview=engine.preview)
+
+
+def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallback | None) -> StrokeResult:
+    """SDEdit: img2img from the (flattened) scribble at ``strength``, through Engine.generate."""
+    width, height = request.size
+    plain = GenerationRequest(prompt=request.prompt, negative_prompt=request.negative_prompt, width=width,
+                              height=height, steps=request.steps, guidance_scale=request.guidance_scale,
+                              seed=request.seed, scheduler=request.scheduler, num_images=request.num_images,
+                              init_image=flatten_scribble(request.strokes), strength=request.strength,
+                              max_pixels=request.max_pixels)
+    bundle = engine.bundle
+    cond = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)(request.prompt)
+    with semantic_context(engine, request, cond, make_scheduler(request.scheduler, bundle.scheduler_config)):
+        result = engine.generate(plain, callback)
+    return StrokeResult(images=result.images, seeds=result.seeds, latents=result.latents, request=request,
+                        timings=result.timings, warnings=result.warnings,
+                        faithfulness=faithfulness(result.images, request))
+
+
+RUNNERS["stroke"] = run_stroke
+register_request_kind("stroke", StrokeRequest)
