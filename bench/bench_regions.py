@@ -1,7 +1,7 @@
 """Benchmark MultiDiffusion (regions and panoramas) side by side, on the tiny model, on CPU.
 
-    python bench/bench_regions.py            # ~2-3 minutes on 2 busy CPU cores
-    python bench/bench_regions.py --quick    # one round, smoke test
+    python -m bench.bench_regions            # ~2-3 minutes on 2 busy CPU cores
+    python -m bench.bench_regions --quick    # one round, smoke test
 
 Writes bench/results/regions.json and bench/results/regions.md. Three figures:
 1. panorama, "512x2048-equivalent": 25 views (window = the model's native size, stride =
@@ -284,7 +284,7 @@ def bench_decode(model: Path) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# MultiDiffusion benchmark (tiny model, CPU)", "",
-             f"`python bench/bench_regions.py` -- {results['machine']}. Times are CPU seconds on one thread, the best "
+             f"`python -m bench.bench_regions` -- {results['machine']}. Times are CPU seconds on one thread, the best "
              f"of {results['repeats']} interleaved runs after a warm-up round (the machine was shared, so CPU time "
              "is steadier than wall time).", ""]
     for pano in results["panorama"]:
