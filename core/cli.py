@@ -55,9 +55,10 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary (with timings) on stdout")
 
 
-def add_generation(parser: argparse.ArgumentParser, size_default_help: str) -> None:
-    """Prompt and sampling flags shared by every generating command."""
-    parser.add_argument("--prompt", required=True)
+def add_generation(parser: argparse.ArgumentParser, size_default_help: str, prompt: bool = True) -> None:
+    """Prompt and sampling flags shared by every generating command (``prompt=False``: no --prompt)."""
+    if prompt:
+        parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative", default="", help="negative prompt")
     parser.add_argument("--width", type=int, help=f"multiple of 8 (default: {size_default_help})")
     parser.add_argument("--height", type=int, help=f"multiple of 8 (default: {size_default_help})")

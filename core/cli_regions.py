@@ -19,7 +19,6 @@ from .cli import add_common, add_generation, load_engine, run_and_save
 from .errors import StudioError
 from .panorama import MultiDiffusionRequest
 from .region_map import MAX_REGIONS, check_aspect, load_prompt_table, regions_from_map
-from .schedulers import SCHEDULER_NAMES
 from .vae_codec import load_image
 
 
@@ -116,19 +115,6 @@ def cmd_panorama(args: argparse.Namespace) -> dict[str, Any]:
     return _run(args, request, notes)
 
 
-def _sampling_args(parser: argparse.ArgumentParser) -> None:
-    """The generation flags of ``core.cli`` without --prompt (regions use --background-prompt)."""
-    parser.add_argument("--negative", default="", help="negative prompt (regions may set their own)")
-    parser.add_argument("--width", type=int, help="multiple of 8 (default: the region map's width)")
-    parser.add_argument("--height", type=int, help="multiple of 8 (default: the region map's height)")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    parser.add_argument("--seed", type=int, help="default: random (saved in the recipe)")
-    parser.add_argument("--scheduler", default="default", help=f"one of {', '.join(SCHEDULER_NAMES)}")
-    parser.add_argument("--num-images", type=int, default=1, help="variations; image i uses seed + i")
-    parser.add_argument("--out", required=True, help="output .png (several images: OUT-1.png, OUT-2.png, ...)")
-
-
 def _img2img_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="init image (img2img); default: text-to-image")
     parser.add_argument("--strength", type=float, default=0.75, help="img2img: 0 keeps the image, 1 ignores it")
@@ -137,7 +123,7 @@ def _img2img_args(parser: argparse.ArgumentParser) -> None:
 def register(sub: Any, commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -> None:
     """Add the ``regions`` and ``panorama`` commands to ``python -m core``."""
     p = sub.add_parser("regions", help="region map + per-colour prompts to image (MultiDiffusion)")
-    _sampling_args(p)
+    add_generation(p, "the region map's size", prompt=False)
     p.add_argument("--background-prompt", default="", help="prompt of the background (unpainted / null colours)")
     _region_args(p, required=True)
     _view_args(p)

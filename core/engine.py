@@ -106,6 +106,21 @@ class Engine:
             w = h = self.bundle.native_size
         return request.width or w, request.height or h
 
+    def start_latents(self, scheduler: Any, noise: Tensor, request: Any, width: int,
+                      height: int) -> tuple[Tensor, Tensor]:
+        """(latents, timesteps) to denoise: scaled noise for text-to-image; for img2img (SDEdit,
+        Meng et al. 2022) the init image's latents noised to the first of the last
+        ``int(steps * strength)`` timesteps. ``request`` has init_image, steps, strength."""
+        if request.init_image is None:
+            return noise * scheduler.init_noise_sigma, scheduler.timesteps
+        timesteps = img2img_timesteps(scheduler, request.steps, request.strength)
+        image = fit_image(request.init_image, width, height)
+        bundle = self.bundle
+        latents = encode_image(bundle.vae, image, bundle.device, noise.dtype).repeat(len(noise), 1, 1, 1)
+        if len(timesteps):
+            latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(noise)))
+        return latents, timesteps
+
     def preview(self, x0: Tensor) -> Image.Image:
         return preview_image(self.bundle.vae, x0)
 
@@ -134,15 +149,7 @@ class Engine:
         shape = (bundle.unet.config.in_channels, height // factor, width // factor)
         seeds = [request.seed + i for i in range(n)]
         noise, generators = initial_noise(seeds, shape, bundle.device, cond.dtype)
-        if request.init_image is None:
-            timesteps = scheduler.timesteps
-            latents = noise * scheduler.init_noise_sigma
-        else:
-            timesteps = img2img_timesteps(scheduler, request.steps, request.strength)
-            image = fit_image(request.init_image, width, height)
-            latents = encode_image(bundle.vae, image, bundle.device, cond.dtype).repeat(n, 1, 1, 1)
-            if len(timesteps):
-                latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(n))
+        latents, timesteps = self.start_latents(scheduler, noise, request, width, height)
         timings["encode"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -19,16 +19,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .engine import RUNNERS, Engine, GenerationResult, img2img_timesteps, initial_noise
+from .engine import RUNNERS, Engine, GenerationResult, initial_noise
 from .errors import StudioError
 from .prompts import PromptEncoder
 from .recipe import register_nested_class, register_request_kind
 from .region_fusion import Bootstrap, FusionPath, RegionFusion, View
 from .region_map import MAX_REGIONS, Region, background_weight, check_aspect, latent_masks
-from .requests import DEFAULT_MAX_PIXELS, MAX_SEED
+from .requests import DEFAULT_MAX_PIXELS, check_pixels, check_range, check_sampling, check_side
 from .sampling import ProgressCallback, alpha_bar, denoise, step_kwargs
 from .schedulers import canonical_scheduler_name, make_scheduler
-from .vae_codec import decode_latents, encode_image, fit_image, require_multiple_of, tensor_to_pils
+from .vae_codec import decode_latents, require_multiple_of, tensor_to_pils
 
 KINDS = ("regions", "panorama")
 CIRCULAR_DECODE_PAD = 8  # latent columns wrapped onto each side before decoding a 360-degree panorama
@@ -72,11 +72,6 @@ def panorama_views(height: int, width: int, window: int = 64, stride: int = 8, c
 # --- the request -------------------------------------------------------------------------------
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
-
-
 @dataclass(frozen=True)
 class MultiDiffusionRequest:
     """A region image or a panorama. ``prompt`` is the background's (a panorama's) prompt.
@@ -112,8 +107,6 @@ class MultiDiffusionRequest:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise StudioError("The prompt must be text.")
         if self.kind not in KINDS:
             raise StudioError(f"Unknown kind '{self.kind}': use 'regions' or 'panorama'.")
         object.__setattr__(self, "regions", tuple(self.regions))
@@ -122,27 +115,17 @@ class MultiDiffusionRequest:
         if len(self.regions) > self.max_regions:
             raise StudioError(f"{len(self.regions)} regions is over the limit of {self.max_regions}: merge some "
                               "colours, or raise the limit (max_regions / --max-regions).")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None:
-                if value < 8:
-                    raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {value}.")
-                require_multiple_of(value, name.capitalize())
-        if self.width and self.height and self.width * self.height > self.max_pixels:
-            raise StudioError(f"{self.width}x{self.height} is {self.width * self.height:,} pixels, over the limit of "
-                              f"{self.max_pixels:,}: choose a smaller size (or raise STUDIO_MAX_PIXELS).")
-        _check_range("Window", self.window, 1, 4096)
-        _check_range("Stride", self.stride, 1, self.window)
-        _check_range("Steps", self.steps, 1, 1000)
-        _check_range("Guidance scale", self.guidance_scale, 0, 50)
-        _check_range("Seed", self.seed, 0, MAX_SEED)
-        _check_range("Number of images", self.num_images, 1, 16)
-        _check_range("Strength", self.strength, 0, 1)
-        _check_range("Bootstrap", self.bootstrap, 0, 1)
-        _check_range("Feather", self.feather, 0, 64)
-        _check_range("Bounding-box padding", self.bbox_padding, 0, 4096)
-        _check_range("UNet batch", self.unet_batch, 1, 1024)
-        _check_range("Region limit", self.max_regions, 1, 1024)
+        check_side("width", self.width)
+        check_side("height", self.height)
+        check_pixels(self.width, self.height, self.max_pixels)
+        check_sampling(self)
+        check_range("Window", self.window, 1, 4096)
+        check_range("Stride", self.stride, 1, self.window)
+        check_range("Bootstrap", self.bootstrap, 0, 1)
+        check_range("Feather", self.feather, 0, 64)
+        check_range("Bounding-box padding", self.bbox_padding, 0, 4096)
+        check_range("UNet batch", self.unet_batch, 1, 1024)
+        check_range("Region limit", self.max_regions, 1, 1024)
         object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
 
     def settings(self) -> dict[str, Any]:
@@ -312,21 +295,13 @@ def run_multidiffusion(engine: Engine, request: MultiDiffusionRequest,
     shape = (bundle.unet.config.in_channels, height // factor, width // factor)
     dtype = setup.embeddings.dtype
     noise, generators = region_noise(request, setup.regions, setup.masks, shape, bundle.device, dtype)
-    n = request.num_images
-    if request.init_image is None:
-        timesteps = scheduler.timesteps
-        latents = noise * scheduler.init_noise_sigma
-    else:
-        timesteps = img2img_timesteps(scheduler, request.steps, request.strength)
-        image = fit_image(request.init_image, width, height)
-        latents = encode_image(bundle.vae, image, bundle.device, dtype).repeat(n, 1, 1, 1)
-        if len(timesteps):
-            latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(n))
+    latents, timesteps = engine.start_latents(scheduler, noise, request, width, height)
     bootstrap = bootstrap_for(engine, request, scheduler, setup.paths, noise)
     timings["encode"] = time.perf_counter() - start
 
     start = time.perf_counter()
     eps_fn = fusion_eps_fn(engine, request, scheduler, setup, bootstrap)
+    n = request.num_images
     generator = generators[0] if n == 1 else generators
     latents = denoise(latents, scheduler, timesteps, eps_fn, extra_step_kwargs=step_kwargs(scheduler, generator),
                       callback=callback, preview=engine.preview)

@@ -15,9 +15,34 @@ DEFAULT_MAX_PIXELS = int(os.environ.get("STUDIO_MAX_PIXELS", 4096 * 2048))  # pe
 MAX_SEED = 2**32 - 1
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
+
+
+def check_side(name: str, value: int | None) -> None:
+    """An optional output width/height: at least 8 and a multiple of 8."""
+    if value is not None:
+        if value < 8:
+            raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {value}.")
+        require_multiple_of(value, name.capitalize())
+
+
+def check_pixels(width: int | None, height: int | None, max_pixels: int) -> None:
+    if width and height and width * height > max_pixels:
+        raise StudioError(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}: "
+                          "choose a smaller size (or raise STUDIO_MAX_PIXELS).")
+
+
+def check_sampling(request: Any) -> None:
+    """The settings every generating request shares: steps, guidance, seed, images, strength."""
+    if not isinstance(request.prompt, str):
+        raise StudioError("The prompt must be text.")
+    check_range("Steps", request.steps, 1, 1000)
+    check_range("Guidance scale", request.guidance_scale, 0, 50)
+    check_range("Seed", request.seed, 0, MAX_SEED)
+    check_range("Number of images", request.num_images, 1, 16)
+    check_range("Strength", request.strength, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -38,22 +63,10 @@ class GenerationRequest:
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (memory and time)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise StudioError("The prompt must be text.")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None:
-                if value < 8:
-                    raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {value}.")
-                require_multiple_of(value, name.capitalize())
-        if self.width and self.height and self.width * self.height > self.max_pixels:
-            raise StudioError(f"{self.width}x{self.height} is {self.width * self.height:,} pixels, over the limit of "
-                              f"{self.max_pixels:,}: choose a smaller size (or raise STUDIO_MAX_PIXELS).")
-        _check_range("Steps", self.steps, 1, 1000)
-        _check_range("Guidance scale", self.guidance_scale, 0, 50)
-        _check_range("Seed", self.seed, 0, MAX_SEED)
-        _check_range("Number of images", self.num_images, 1, 16)
-        _check_range("Strength", self.strength, 0, 1)
+        check_side("width", self.width)
+        check_side("height", self.height)
+        check_pixels(self.width, self.height, self.max_pixels)
+        check_sampling(self)
         object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
 
     @property

@@ -71,7 +71,7 @@ from .errors import CancelledError, StudioError
 from .latent_rgb import latent_rgb_map, latents_to_rgb
 from .prompts import PromptEncoder
 from .recipe import register_request_kind
-from .requests import DEFAULT_MAX_PIXELS, MAX_SEED, GenerationRequest
+from .requests import DEFAULT_MAX_PIXELS, GenerationRequest, check_pixels, check_range, check_sampling, check_side
 from .sampling import (EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, classifier_free_guidance,
                        denoise, step_kwargs)
 from .schedulers import canonical_scheduler_name, make_scheduler
@@ -89,11 +89,6 @@ METHOD_DEFAULTS: dict[str, dict[str, float | int]] = {  # per method, for fields
 
 Renderer = Callable[[Tensor], Tensor]  # scaled latents (B, C, h, w) -> RGB (B, 3, H, W) in [0, 1]
 Loss = Callable[[Tensor], Tensor]  # scaled latents (B, C, h, w) -> per-image loss (B,)
-
-
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
 
 
 def _alpha(image: Image.Image) -> np.ndarray:
@@ -163,32 +158,24 @@ class StrokeRequest:
             if value is None:
                 require_multiple_of(own, f"The scribble's {name}")
             else:
-                if value < 8:
-                    raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {value}.")
-                require_multiple_of(value, name.capitalize())
+                check_side(name, value)
 
     def _check_values(self) -> None:
         w, h = self.size
-        if w * h > self.max_pixels:
-            raise StudioError(f"{w}x{h} is {w * h:,} pixels, over the limit of {self.max_pixels:,}: "
-                              "choose a smaller size.")
-        _check_range("Steps", self.steps, 1, 1000)
-        _check_range("Guidance scale", self.guidance_scale, 0, 50)
-        _check_range("Seed", self.seed, 0, MAX_SEED)
-        _check_range("Number of images", self.num_images, 1, 16)
-        _check_range("Strength", self.strength, 0, 1)
-        _check_range("Iterative steps", self.iterative_steps, 0, 100)
-        _check_range("Gradient steps", self.grad_steps, 0, 1000)
-        _check_range("Learning rate", self.lr, 1e-6, 10)
-        _check_range("Gamma", self.gamma, 0, 1e4)
-        _check_range("Blur sigma", self.blur_sigma, 0, 200)
-        _check_range("Blur kernel", self.blur_kernel, 1, 255)
+        check_pixels(w, h, self.max_pixels)
+        check_sampling(self)
+        check_range("Iterative steps", self.iterative_steps, 0, 100)
+        check_range("Gradient steps", self.grad_steps, 0, 1000)
+        check_range("Learning rate", self.lr, 1e-6, 10)
+        check_range("Gamma", self.gamma, 0, 1e4)
+        check_range("Blur sigma", self.blur_sigma, 0, 200)
+        check_range("Blur kernel", self.blur_kernel, 1, 255)
         if self.blur_kernel % 2 == 0:
             raise StudioError(f"Blur kernel must be odd, got {self.blur_kernel}: use {self.blur_kernel + 1}.")
-        _check_range("Refine steps", self.refine_steps, 0, 1000)
-        _check_range("Word weight", self.word_weight, 0, 10)
+        check_range("Refine steps", self.refine_steps, 0, 1000)
+        check_range("Word weight", self.word_weight, 0, 10)
         if self.fidelity is not None:
-            _check_range("Fidelity", self.fidelity, 0, 1)
+            check_range("Fidelity", self.fidelity, 0, 1)
 
     def _check_words(self) -> None:
         for colour, phrase in self.words:
@@ -221,7 +208,7 @@ def fidelity_parameters(method: str, fidelity: float) -> dict[str, Any]:
       sdedit  : strength = 1 - 0.4 f                  (1.0 .. 0.6; 0.8 at 0.5, the reference)
       gradop  : strength (t0) = 1 - f                 (1.0 .. 0.0, where 0 returns x* itself; 0.5 at 0.5)
     """
-    _check_range("Fidelity", fidelity, 0, 1)
+    check_range("Fidelity", fidelity, 0, 1)
     if method == "gradop+":
         return {"iterative_steps": int(round(6 * fidelity)), "fidelity": fidelity}
     if method == "sdedit":
