@@ -62,8 +62,9 @@ def _region_args(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _view_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--window", type=int, default=64, help="view size in latent pixels (default 64 = 512 px)")
-    parser.add_argument("--stride", type=int, default=8, help="view stride in latent pixels (default 8 = 64 px)")
+    parser.add_argument("--window", type=int, help="view size in latent pixels (default: the model's native "
+                                                   "latent size, 64 = 512 px on SD 1.5)")
+    parser.add_argument("--stride", type=int, help="view stride in latent pixels (default: window / 8)")
 
 
 def _load_map(args: argparse.Namespace) -> tuple[Image.Image | None, Any]:

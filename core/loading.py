@@ -124,8 +124,8 @@ def default_model() -> str:
         return DEFAULT_MODEL_NAME
     if names:
         return names[0]
-    raise StudioError(f"No model found in {models_dir()}: put a diffusers-format model folder there or pass "
-                      f"--model with a path or hub id; {HOW_TO_GET_WEIGHTS}.")
+    raise StudioError(f"No model found in {models_dir()}: put a diffusers-format model folder there, or choose a "
+                      f"model by path or hub id; {HOW_TO_GET_WEIGHTS}.")
 
 
 def resolve_model(model: str | None) -> tuple[str, str]:
@@ -193,6 +193,13 @@ def load_model(options: LoadOptions | None = None) -> ModelBundle:
         if key not in _CACHE:
             _CACHE[key] = _load(key, source, location, device, dtype)
         return _CACHE[key]
+
+
+def unload_model(bundle: ModelBundle) -> None:
+    """Forget a loaded model so its memory can be freed (once no request holds it)."""
+    with _CACHE_LOCK:
+        for key in [k for k, v in _CACHE.items() if v is bundle]:
+            del _CACHE[key]
 
 
 def clear_cache() -> None:

@@ -86,8 +86,8 @@ class MultiDiffusionRequest:
     kind: str = "regions"  # "regions" or "panorama": the same mechanism, named apart in recipes
     width: int | None = None  # None: init image's, else native (regions) / 4x native (panorama)
     height: int | None = None
-    window: int = 64  # view size, latent pixels
-    stride: int = 8  # view stride, latent pixels
+    window: int | None = None  # view size, latent pixels; None: the model's native latent size (64 on SD 1.5)
+    stride: int | None = None  # view stride, latent pixels; None: window // 8 (8 on SD 1.5)
     circular: bool = False  # 360-degree panorama: views wrap around horizontally
     steps: int = 30
     guidance_scale: float = 7.5
@@ -119,8 +119,10 @@ class MultiDiffusionRequest:
         check_side("height", self.height)
         check_pixels(self.width, self.height, self.max_pixels)
         check_sampling(self)
-        check_range("Window", self.window, 1, 4096)
-        check_range("Stride", self.stride, 1, self.window)
+        if self.window is not None:
+            check_range("Window", self.window, 1, 4096)
+        if self.stride is not None:
+            check_range("Stride", self.stride, 1, self.window or 4096)
         check_range("Bootstrap", self.bootstrap, 0, 1)
         check_range("Feather", self.feather, 0, 64)
         check_range("Bounding-box padding", self.bbox_padding, 0, 4096)
@@ -202,7 +204,9 @@ def fusion_setup(engine: Engine, request: MultiDiffusionRequest, encoder: Prompt
         texts += [region.prompt, request.negative_prompt if region.negative_prompt is None else region.negative_prompt]
     embeddings, index = prompt_table(encoder, texts)
     paths = build_paths(request, masks, regions, index, shape)
-    views = panorama_views(shape[0], shape[1], request.window, request.stride, request.circular)
+    window = request.window or int(engine.bundle.unet.config.sample_size)
+    stride = request.stride or max(1, window // 8)
+    views = panorama_views(shape[0], shape[1], window, stride, request.circular)
     return FusionSetup(paths, embeddings, views, masks, regions, warnings)
 
 

@@ -219,8 +219,21 @@ def test_request_validation_and_recipe_round_trip() -> None:
     rebuilt = request_from_recipe(json.loads(json.dumps(make_recipe(request, {"name": "m"}, 0, [0]))))
     assert rebuilt == request and rebuilt.regions[0] == request.regions[0]
     assert np.array_equal(np.asarray(rebuilt.regions[0].mask), np.asarray(mask))
-    for bad, message in [(dict(width=100), "multiple of 8"), (dict(stride=80), "Stride"), (dict(kind="x"), "kind"),
+    for bad, message in [(dict(width=100), "multiple of 8"), (dict(window=64, stride=80), "Stride"), (dict(kind="x"), "kind"),
                          (dict(bootstrap=2.0), "Bootstrap"), (dict(regions=(Region(mask, "a"),) * 3, max_regions=2),
                                                               "over the limit")]:
         with pytest.raises(StudioError, match=message):
             MultiDiffusionRequest(prompt="p", **bad)
+
+
+def test_default_window_is_the_models_native_latent_size(tiny_engine: Engine) -> None:
+    """The reference's 64/8 are SD 1.5's native latent size / 8: other models get theirs."""
+    from core.panorama import fusion_setup
+    from core.prompts import PromptEncoder
+
+    bundle = tiny_engine.bundle
+    encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
+    request = MultiDiffusionRequest(prompt="a sea", kind="panorama", width=256, height=64)
+    views = fusion_setup(tiny_engine, request, encoder, (256, 64)).views
+    assert {(v.height, v.width) for v in views} == {(8, 8)}  # tiny model: 64 px native = 8 latent px
+    assert [v.left for v in views] == list(range(0, 32 - 8 + 1, 1))  # stride 8 // 8 = 1

@@ -1,0 +1,135 @@
+"""Region Painter: paint coloured regions (or upload a region map), give each colour its
+own prompt, and generate them together with MultiDiffusion region fusion; a width
+multiplier turns the result into a panorama."""
+import streamlit as st
+
+from core.errors import StudioError
+from studio_ui import shared, widgets
+from studio_ui.canvas import b64, canvas_size, png_bytes
+from studio_ui.colors import region_label_image
+from studio_ui.methods import RegionSettings, RegionSpec, region_request, regions_available
+from studio_ui.restore import sidebar_state
+
+PAGE = "regions"
+ss = st.session_state
+SETTINGS = ("background", "negative", "source", "variations", "steps", "guidance", "size", "multiplier",
+            "circular", "tool", "brush", "swatch", "custom", "fill")
+SOURCES = {"paint": ":material/brush: Paint", "upload": ":material/upload: Upload a map"}
+
+shared.enter_page(PAGE)
+shared.collect(PAGE)
+shared.init_state({
+    f"{PAGE}.background": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.source": "paint",
+    f"{PAGE}.variations": 1, f"{PAGE}.steps": 50, f"{PAGE}.guidance": 7.5, f"{PAGE}.size": "Landscape 3:2",
+    f"{PAGE}.multiplier": 1, f"{PAGE}.circular": False,
+})
+
+st.title("Region Painter", anchor=False)
+st.caption("Paint areas in different colours and give each colour its own prompt: each region gets exactly "
+           "what you asked for, blended seamlessly (MultiDiffusion). White is the background.")
+engine = shared.require_engine()
+native = engine.bundle.native_size if engine is not None else 512
+sizes = widgets.aspect_sizes(native)
+if not regions_available():
+    st.info("Region fusion is not in this build yet (`core.region_fusion`): you can paint and name regions, "
+            "and Generate will be enabled when it lands.", icon=":material/construction:")
+
+top_left, top_right = st.columns([3, 2])
+top_left.text_area("Background prompt", key=f"{PAGE}.background", height=80, persist_state="session",
+                   placeholder="a sunny meadow, soft light, highly detailed",
+                   help="Used everywhere no region prompt applies, and to tie the picture together.")
+top_right.text_area("Negative prompt", key=f"{PAGE}.negative", height=80, persist_state="session",
+                    help="Kept out of every region (a region's own negative prompt is added to it).")
+
+left, right = st.columns([6, 5], gap="large")
+with left:
+    st.segmented_control("Regions from", list(SOURCES), format_func=SOURCES.get, key=f"{PAGE}.source",
+                         required=True, persist_state="session", label_visibility="collapsed")
+    if ss[f"{PAGE}.source"] == "paint":
+        tool, brush, color, fill = widgets.brush_controls(PAGE, default_tool="freedraw", default_size=40,
+                                                          default_swatch="red")
+        canvas_slot = st.container()
+        c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+        c1.button("Clear", icon=":material/delete:", on_click=widgets.clear_canvas, args=(PAGE,))
+        c2.selectbox("Size", list(sizes), key=f"{PAGE}.size", persist_state="session",
+                     format_func=lambda name: f"{name} · {sizes[name][0]}×{sizes[name][1]}")
+        width, height = sizes.get(ss[f"{PAGE}.size"], sizes["Square"])
+        with canvas_slot:
+            cw, ch = canvas_size(width, height)
+            region_map, drawing = widgets.drawing_canvas(PAGE, width=cw, height=ch, tool=tool, stroke_width=brush,
+                                                         color=color, fill=fill)
+    else:
+        drawing, cw, ch = None, None, None
+        region_map = widgets.region_map_upload(PAGE)
+        if region_map is not None:
+            with st.container(border=True):
+                st.image(region_map, caption="Uploaded region map", width="stretch")
+            width, height = widgets.round8(native * region_map.width / max(region_map.height, 1)), native
+            if max(width, height) > 2 * native:  # keep uploads of odd shapes to a sensible size
+                scale = 2 * native / max(width, height)
+                width, height = widgets.round8(width * scale), widgets.round8(height * scale)
+        else:
+            width, height = sizes["Square"]
+    regions = widgets.find_regions(PAGE, region_map, ignore_white=True) if region_map is not None else []
+    if regions:
+        with st.expander("How the app reads your map"):
+            all_regions = widgets.find_regions(f"{PAGE}.all", region_map, ignore_white=False)
+            st.image(region_label_image(all_regions), width="stretch",
+                     caption="Each pixel goes to its nearest painted colour; soft edges and specks are merged.")
+    with st.container(border=True):
+        a, b = st.columns(2)
+        a.slider("Panorama width", 1, 4, key=f"{PAGE}.multiplier", persist_state="session", format="×%d",
+                 help="×1: a normal picture. ×2 or more: the same regions stretched into a wide panorama.")
+        b.number_input("Variations", 1, 8, key=f"{PAGE}.variations", persist_state="session")
+        if ss[f"{PAGE}.multiplier"] > 1:
+            st.toggle("360° (wraps around)", key=f"{PAGE}.circular", persist_state="session",
+                      help="The left and right edges join, for a 360-degree viewer.")
+        with st.expander("Steps and guidance"):
+            st.slider("Steps", 1, 100, key=f"{PAGE}.steps", persist_state="session")
+            st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session")
+
+with right:
+    st.subheader("Regions", anchor=False)
+    rows = widgets.region_prompt_table(PAGE, regions)
+    out_w, out_h = width * int(ss[f"{PAGE}.multiplier"]), height
+    st.caption(f"Output: {out_w}×{out_h} px")
+
+    busy = shared.active_job(PAGE) is not None
+    if st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
+                 disabled=busy or engine is None or not regions_available(), width="stretch",
+                 key=f"{PAGE}.generate"):
+        settings = RegionSettings(
+            background_prompt=ss[f"{PAGE}.background"], negative_prompt=ss[f"{PAGE}.negative"],
+            regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],
+            steps=int(ss[f"{PAGE}.steps"]), guidance_scale=float(ss[f"{PAGE}.guidance"]), seed=int(ss["seed"]),
+            num_images=int(ss[f"{PAGE}.variations"]), width=width, height=height,
+            width_multiplier=int(ss[f"{PAGE}.multiplier"]), window=shared.native_latent(engine),
+            circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1)
+        try:
+            if region_map is None:
+                raise StudioError("Paint some regions or upload a region map first.")
+            request = region_request(settings, widgets.cleaned_map(PAGE, region_map))
+        except StudioError as exc:
+            ss[f"{PAGE}.message"] = ("error", str(exc))
+        else:
+            raster = ss.get(f"{PAGE}.raster")
+            ui = {"page": PAGE, "seed": int(ss["seed"]), "sidebar": sidebar_state(),
+                  "settings": {k: ss.get(f"{PAGE}.{k}") for k in SETTINGS},
+                  "canvas": None if drawing is None else {
+                      "drawing": drawing, "dims": [cw, ch], "background_png": b64(ss.get(f"{PAGE}.bg")),
+                      "raster_png": b64(raster[1]) if raster else None},
+                  "images": {"map_png": b64(ss.get(f"{PAGE}.map_png"))} if drawing is None else {},
+                  "rows": dict(ss.get(f"{PAGE}.rows") or {}),
+                  "region_map_png": b64(png_bytes(region_map))}
+            title = settings.background_prompt or ", ".join(r.prompt for r in settings.regions if r.prompt)
+            shared.submit(PAGE, engine, request, title=title or "regions", ui=ui)
+        st.rerun()
+
+    shared.progress_panel(PAGE)
+    shared.show_message(PAGE)
+    if shared.result_items(PAGE):
+        st.subheader("Results", anchor=False)
+        shared.show_results(PAGE, columns=1 if ss[f"{PAGE}.multiplier"] > 1 else 2)
+    elif not busy and not ss.get(f"{PAGE}.message"):
+        st.info("Paint regions, give each colour a prompt in the table and press **Generate**.",
+                icon=":material/lightbulb:")

@@ -1,0 +1,138 @@
+"""Scribble to Art: draw coloured strokes, describe the picture, get artwork that keeps
+your colours and layout (GradOP+ stroke guidance, or SDEdit)."""
+import streamlit as st
+
+from core.errors import StudioError
+from studio_ui import shared, widgets
+from studio_ui.canvas import b64, canvas_size, png_bytes
+from studio_ui.methods import (METHOD_HELP, ScribbleSettings, available_scribble_methods, missing_region_words,
+                               scribble_request, stroke_module)
+from studio_ui.restore import sidebar_state
+
+PAGE = "scribble"
+ss = st.session_state
+SETTINGS = ("prompt", "negative", "method", "fidelity", "variations", "steps", "guidance", "size",
+            "name_regions", "free_background", "tool", "brush", "swatch", "custom", "fill")
+
+shared.enter_page(PAGE)
+shared.collect(PAGE)
+methods = available_scribble_methods()
+shared.init_state({
+    f"{PAGE}.prompt": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.method": methods[0],
+    f"{PAGE}.fidelity": 0.5, f"{PAGE}.variations": 1, f"{PAGE}.steps": 50, f"{PAGE}.guidance": 7.5,
+    f"{PAGE}.size": "Square", f"{PAGE}.name_regions": False, f"{PAGE}.free_background": True,
+})
+if ss[f"{PAGE}.method"] not in methods:
+    ss[f"{PAGE}.method"] = methods[0]
+
+st.title("Scribble to Art", anchor=False)
+st.caption("Draw rough coloured shapes, say what they are, and get a picture that keeps your colours and layout.")
+engine = shared.require_engine()
+native = engine.bundle.native_size if engine is not None else 512
+sizes = widgets.aspect_sizes(native)
+
+top_left, top_right = st.columns([3, 2])
+top_left.text_area("Prompt", key=f"{PAGE}.prompt", height=80, persist_state="session",
+                   placeholder="a watercolor of a lake at night with a white moon")
+top_right.text_area("Negative prompt", key=f"{PAGE}.negative", height=80, persist_state="session",
+                    help="What to keep out of the picture.")
+
+left, right = st.columns([6, 5], gap="large")
+with left:
+    tool, brush, color, fill = widgets.brush_controls(PAGE)
+    canvas_slot = st.container()
+    below = st.container()
+with below:
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    c1.button("Clear", icon=":material/delete:", on_click=widgets.clear_canvas, args=(PAGE,),
+              help="Remove all strokes and the background image. Undo / redo: hover over the canvas.")
+    c2.selectbox("Size", list(sizes), key=f"{PAGE}.size", persist_state="session",
+                 format_func=lambda name: f"{name} · {sizes[name][0]}×{sizes[name][1]}")
+    widgets.upload_background(PAGE)
+width, height = sizes.get(ss[f"{PAGE}.size"], sizes["Square"])
+with canvas_slot:
+    cw, ch = canvas_size(width, height)
+    scribble, drawing = widgets.drawing_canvas(PAGE, width=cw, height=ch, tool=tool, stroke_width=brush,
+                                               color=color, fill=fill)
+    st.caption("Hover over the canvas for undo, redo, edit and reset.")
+
+with left:
+    st.toggle("Name the regions (semantic control)", key=f"{PAGE}.name_regions", persist_state="session",
+              help="Tell the model what each colour is, using words of your prompt (GradOP methods).")
+    region_words: dict[str, str] = {}
+    if ss[f"{PAGE}.name_regions"]:
+        regions = widgets.find_regions(PAGE, scribble, ignore_white=True)
+        if not regions:
+            st.caption("Draw something first: each colour on the canvas gets a row here.")
+        else:
+            rows = widgets.colour_table(PAGE, regions, {"words": {
+                "default": "", "config": st.column_config.TextColumn("Words from the prompt", width="medium")}})
+            region_words = {h: r["words"].strip() for h, r in rows.items() if r["words"].strip()}
+            tokenizer = engine.bundle.tokenizer if engine is not None else None
+            missing = missing_region_words(tokenizer, ss[f"{PAGE}.prompt"], list(region_words.values()))
+            if missing:
+                st.warning("Not in the prompt: " + ", ".join(f"'{w}'" for w in missing)
+                           + ". Region words must be words of your prompt.", icon=":material/warning:")
+            if stroke_module() is None and region_words:
+                st.caption("Region names need core.stroke_guidance, which this build lacks: they are ignored.")
+
+with right:
+    m1, m2 = st.columns(2)
+    m1.selectbox("Method", methods, key=f"{PAGE}.method", persist_state="session",
+                 help="\n\n".join(f"**{m}**: {METHOD_HELP[m]}" for m in methods))
+    m2.number_input("Variations", 1, 8, key=f"{PAGE}.variations", persist_state="session",
+                    help="Several images at once; image i uses seed + i.")
+    st.slider("Fidelity to the scribble", 0.0, 1.0, step=0.05, key=f"{PAGE}.fidelity", persist_state="session",
+              help="Low: the prompt leads and the scribble is a loose hint. High: colours and shapes are kept.")
+    with st.expander("More settings"):
+        st.toggle("Leave unpainted areas to the model", key=f"{PAGE}.free_background", persist_state="session",
+                  help="On: only painted pixels guide the picture. Off: white canvas stays light.")
+        st.slider("Steps", 1, 100, key=f"{PAGE}.steps", persist_state="session")
+        st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session",
+                  help="How strongly the prompt is followed.")
+
+    busy = shared.active_job(PAGE) is not None
+    if st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
+                 disabled=busy or engine is None, width="stretch", key=f"{PAGE}.generate"):
+        blank = widgets.canvas_is_blank(PAGE)
+        settings = ScribbleSettings(
+            prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"], steps=int(ss[f"{PAGE}.steps"]),
+            guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
+            fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
+            width=width, height=height, region_words=region_words, free_background=bool(ss[f"{PAGE}.free_background"]))
+        try:
+            request = scribble_request(settings, None if blank else scribble)
+        except StudioError as exc:
+            ss[f"{PAGE}.message"] = ("error", str(exc))
+        else:
+            raster = ss.get(f"{PAGE}.raster")
+            ui = {"page": PAGE, "seed": int(ss["seed"]), "sidebar": sidebar_state(),
+                  "settings": {k: ss.get(f"{PAGE}.{k}") for k in SETTINGS},
+                  "canvas": {"drawing": drawing, "dims": [cw, ch], "background_png": b64(ss.get(f"{PAGE}.bg")),
+                             "raster_png": b64(raster[1]) if raster else None,
+                             "scribble_png": b64(png_bytes(scribble))},
+                  "rows": dict(ss.get(f"{PAGE}.rows") or {})}
+            shared.submit(PAGE, engine, request, title=settings.prompt, ui=ui)
+            ss[f"{PAGE}.note"] = "The canvas is empty, so this one is made from the prompt alone." if blank else None
+        st.rerun()
+
+    shared.progress_panel(PAGE)
+    shared.show_message(PAGE)
+    if ss.get(f"{PAGE}.note") and busy:
+        st.caption(ss[f"{PAGE}.note"])
+
+    def use_as_canvas(item) -> None:
+        widgets.clear_canvas(PAGE)  # strokes and the uploaded image go; the result is the new start
+        widgets.reload_canvas(PAGE, background=item.image_bytes())
+
+    def actions(item, container) -> None:
+        container.button("Use as canvas", key=f"{PAGE}.use.{item.id}", icon=":material/edit:",
+                         on_click=use_as_canvas, args=(item,),
+                         help="Start a new scribble on top of this result, to refine it step by step.")
+
+    if shared.result_items(PAGE):
+        st.subheader("Results", anchor=False)
+        shared.show_results(PAGE, actions)
+    elif not busy and not ss.get(f"{PAGE}.message"):
+        st.info("Draw on the canvas, type a prompt and press **Generate**. Results appear here.",
+                icon=":material/lightbulb:")

@@ -1,0 +1,193 @@
+"""One worker thread runs every session's requests, one at a time, in arrival order.
+
+The app shares one :class:`JobQueue` across sessions (``st.cache_resource``). A page
+submits a job and polls it: its place in the queue, steps done, a live preview, and the
+result or a message. Cancel sets a flag that the engine's progress callback reads
+(``True`` from the callback cancels). A failure or a cancel ends only that job: the
+worker catches everything and moves on. No streamlit here, so it is unit-testable.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from core.errors import CancelledError, StudioError
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[Callable[[Any], bool]], Any]  # work(progress_callback) -> result
+OOM_HELP = ("Out of memory. Turn on the low-memory switches in the sidebar (attention slicing, VAE tiling, "
+            "CPU offload), or choose a smaller size or fewer variations, then try again.")
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "error", "cancelled"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message a person can act on; never a traceback (that goes to the server log)."""
+    if isinstance(exc, StudioError):
+        return str(exc)
+    if is_out_of_memory(exc):
+        return OOM_HELP
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return (f"Something went wrong while generating ({type(exc).__name__}: {first}). Your drawing and settings "
+            "are kept: try again, or change the model or settings in the sidebar. Details are in the server log.")
+
+
+@dataclass
+class Job:
+    """One request's journey through the queue. Read by pages, written by the worker."""
+
+    id: str
+    session: str
+    label: str
+    work: Work = field(repr=False)
+    status: str = QUEUED
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    preview: Any = field(default=None, repr=False)  # PIL image of the current estimate
+    result: Any = field(default=None, repr=False)
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    preview_every: float = 0.3  # seconds between live previews (each costs a small decode)
+    _last_preview: float = field(default=0.0, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in (DONE, FAILED, CANCELLED)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.step / self.total, 1.0) if self.total else 0.0
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def progress(self, event: Any) -> bool:
+        """The engine's progress callback: record the step and preview; True cancels."""
+        self.stage = getattr(event, "stage", "") or ""
+        self.step, self.total = int(getattr(event, "step", 0)), int(getattr(event, "total", 0))
+        preview = getattr(event, "preview", None)
+        now = time.monotonic()
+        if callable(preview) and (now - self._last_preview >= self.preview_every or self.step >= self.total):
+            self._last_preview = now
+            try:
+                self.preview = preview()
+            except Exception:  # a preview is a nicety: never let it fail the job
+                log.debug("preview failed", exc_info=True)
+        return self.cancel_event.is_set()
+
+
+class JobQueue:
+    """A FIFO of jobs served by one daemon worker thread (started on first submit)."""
+
+    def __init__(self, keep_finished: int = 200) -> None:
+        self._queue: "queue.Queue[Job]" = queue.Queue()
+        self._jobs: dict[str, Job] = {}
+        self._waiting: list[str] = []  # ids of queued jobs, in order
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._keep_finished = keep_finished
+        self.current: Job | None = None
+
+    def submit(self, session: str, label: str, work: Work) -> Job:
+        with self._lock:
+            job = Job(id=f"job-{next(self._ids)}-{int(time.time() * 1000) % 100000}", session=session,
+                      label=label, work=work)
+            self._jobs[job.id] = job
+            self._waiting.append(job.id)
+            self._prune()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="studio-worker", daemon=True)
+                self._thread.start()
+        self._queue.put(job)
+        return job
+
+    def get(self, job_id: str | None) -> Job | None:
+        return self._jobs.get(job_id) if job_id else None
+
+    def position(self, job: Job) -> int:
+        """0 while running (or done); k: k jobs are ahead of this one (the running one included)."""
+        with self._lock:
+            if job.id not in self._waiting:
+                return 0
+            return self._waiting.index(job.id) + (1 if self.current is not None else 0)
+
+    def pending(self) -> int:
+        """Jobs waiting or running, all sessions."""
+        with self._lock:
+            return len(self._waiting) + (1 if self.current is not None else 0)
+
+    def cancel(self, job_id: str) -> None:
+        job = self.get(job_id)
+        if job is None:
+            return
+        job.cancel()
+        with self._lock:
+            if job.id in self._waiting:  # never started: finish it now, the worker will skip it
+                self._waiting.remove(job.id)
+                job.status, job.finished = CANCELLED, time.time()
+
+    def wait(self, job: Job, timeout: float = 60.0) -> Job:
+        """Block until ``job`` is finished (tests and scripts)."""
+        end = time.time() + timeout
+        while not job.done and time.time() < end:
+            time.sleep(0.02)
+        return job
+
+    def _prune(self) -> None:
+        finished = sorted((j for j in self._jobs.values() if j.done), key=lambda j: j.finished or 0)
+        for job in finished[:max(0, len(finished) - self._keep_finished)]:
+            self._jobs.pop(job.id, None)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._queue.get()
+            with self._lock:
+                if job.status == CANCELLED or job.id not in self._waiting:
+                    continue
+                self._waiting.remove(job.id)
+                self.current = job
+                job.status, job.started = RUNNING, time.time()
+            try:
+                if job.cancel_event.is_set():
+                    raise CancelledError("cancelled before it started")
+                job.result = job.work(job.progress)
+                job.status = DONE
+            except CancelledError:
+                job.status = CANCELLED
+            except BaseException as exc:  # noqa: BLE001 - one job's failure must not stop the worker
+                if not isinstance(exc, StudioError):
+                    log.exception("job %s (%s) failed", job.id, job.label)
+                job.error, job.status = describe_error(exc), FAILED
+                if is_out_of_memory(exc):
+                    _free_gpu_memory()
+            finally:
+                job.finished = time.time()
+                with self._lock:
+                    self.current = None
+
+
+def _free_gpu_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - best effort
+        pass

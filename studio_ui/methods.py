@@ -1,0 +1,205 @@
+"""Page settings -> core requests. Every page ends in ``engine.run(request)``; this module
+knows which request class serves which method, and which ones this build of ``core``
+has (the guidance methods register themselves when their modules exist). No streamlit.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core.errors import StudioError
+from core.requests import GenerationRequest
+
+SCRIBBLE_METHODS = ("GradOP+", "GradOP+ fast", "GradOP", "SDEdit")
+METHOD_HELP = {
+    "GradOP+": "Gradient-optimised stroke guidance (Singh et al., CVPR 2023): realistic and faithful to your colours.",
+    "GradOP+ fast": "GradOP+ with a fast latent-space loss: nearly as faithful, several times quicker.",
+    "GradOP": "GradOP without the '+' refinement.",
+    "SDEdit": "Plain img2img (Meng et al. 2022): noise the scribble, then denoise. Fast baseline.",
+}
+
+
+def optional_module(name: str) -> Any | None:
+    """``core.<name>`` if this build has it (the guidance methods arrive as modules)."""
+    if importlib.util.find_spec(f"core.{name}") is None:
+        return None
+    return importlib.import_module(f"core.{name}")
+
+
+STROKE_METHODS = {"GradOP+": ("gradop+", False), "GradOP+ fast": ("gradop+", True), "GradOP": ("gradop", False),
+                  "SDEdit": ("sdedit", False)}  # UI name -> (core.stroke_guidance method, fast mode)
+
+
+def stroke_module() -> Any | None:
+    module = optional_module("stroke_guidance")
+    return module if module is not None and hasattr(module, "stroke_request") else None
+
+
+def available_scribble_methods() -> list[str]:
+    return list(SCRIBBLE_METHODS) if stroke_module() is not None else ["SDEdit"]
+
+
+def sdedit_strength(fidelity: float) -> float:
+    """Fallback without core.stroke_guidance: fidelity as SDEdit strength (1 - 0.4 f, as core does)."""
+    return round(1 - 0.4 * min(max(fidelity, 0.0), 1.0), 6)
+
+
+@dataclass
+class ScribbleSettings:
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance_scale: float = 7.5
+    method: str = "GradOP+"
+    fidelity: float = 0.5  # 0: follow the prompt freely, 1: stay close to the scribble (0.5: paper defaults)
+    num_images: int = 1
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    region_words: dict[str, str] = field(default_factory=dict)  # colour hex -> words of the prompt
+    free_background: bool = True  # unpainted (white) canvas is left to the model, not kept white
+
+
+def strokes_image(scribble: Image.Image, free_background: bool) -> Image.Image:
+    """The scribble for guidance: RGB, or RGBA with white (unpainted) pixels transparent so
+    that only painted pixels constrain the result."""
+    rgb = scribble.convert("RGB")
+    if not free_background:
+        return rgb
+    array = np.asarray(rgb)
+    alpha = np.where((array == 255).all(axis=-1), 0, 255).astype(np.uint8)
+    if not alpha.any():
+        return rgb
+    return Image.fromarray(np.dstack([array, alpha]), "RGBA")
+
+
+def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
+    """The request for the Scribble page; ``scribble=None`` (blank canvas) is text-to-image."""
+    if not s.prompt.strip():
+        raise StudioError("Type a prompt first: describe the picture you want (e.g. 'a lighthouse at dusk').")
+    common = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, width=s.width, height=s.height, steps=s.steps,
+                  guidance_scale=s.guidance_scale, seed=s.seed, num_images=s.num_images)
+    if scribble is None:
+        return GenerationRequest(**common)
+    stroke = stroke_module()
+    if stroke is None:
+        if s.method != "SDEdit":
+            raise StudioError(f"{s.method} is not in this build: choose SDEdit as the method.")
+        return GenerationRequest(**common, init_image=scribble.convert("RGB"), strength=sdedit_strength(s.fidelity))
+    method, fast = STROKE_METHODS[s.method]
+    return stroke.stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
+                                 fidelity=s.fidelity, words=dict(s.region_words), fast=fast, **{
+                                     k: v for k, v in common.items() if k != "prompt"})
+
+
+def missing_region_words(tokenizer: Any, prompt: str, words: list[str]) -> list[str]:
+    """Words that are not in the prompt (by the model's tokenizer when core can tell)."""
+    module = optional_module("attention_control")
+    if module is not None and hasattr(module, "missing_words") and tokenizer is not None:
+        return list(module.missing_words(tokenizer, prompt, words))
+    return [w for w in words if w.lower() not in prompt.lower()]
+
+
+def multidiffusion_module() -> Any | None:
+    module = optional_module("panorama")
+    return module if module is not None and hasattr(module, "MultiDiffusionRequest") else None
+
+
+def regions_available() -> bool:
+    return multidiffusion_module() is not None
+
+
+def panorama_available() -> bool:
+    return multidiffusion_module() is not None
+
+
+@dataclass
+class RegionSpec:
+    color: str  # hex
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+
+
+@dataclass
+class RegionSettings:
+    background_prompt: str
+    regions: list[RegionSpec]
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    num_images: int = 1
+    width: int = 512  # of the painted map's canvas; the output is width_multiplier times wider
+    height: int = 512
+    width_multiplier: int = 1  # > 1: a panorama that many times wider
+    circular: bool = False
+    window: int = 64  # MultiDiffusion view size in latent pixels: the model's native latent size
+
+
+def region_masks(region_map: Image.Image, specs: list[RegionSpec], size: tuple[int, int]) -> list[tuple[RegionSpec, Image.Image]]:
+    """(spec, 'L' mask at ``size``) for every colour with a prompt; colours without one and
+    white are background. ``region_map`` must be the cleaned map (flat colours)."""
+    stretched = np.asarray(region_map.convert("RGB").resize(size, Image.NEAREST))
+    out = []
+    for spec in specs:
+        if not spec.prompt.strip():
+            continue
+        rgb = tuple(int(spec.color.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4))
+        mask = (stretched == rgb).all(-1)
+        if mask.any():
+            out.append((spec, Image.fromarray((mask * 255).astype(np.uint8), "L")))
+    return out
+
+
+def _negative(global_negative: str, own: str) -> str | None:
+    """A region's negative prompt: the page's plus the region's own (None: the page's)."""
+    own = own.strip()
+    if not own:
+        return None
+    return f"{global_negative.strip()}, {own}" if global_negative.strip() else own
+
+
+def multidiffusion_request(s: RegionSettings, region_map: Image.Image | None, kind: str) -> Any:
+    """A MultiDiffusion request (core.panorama): regions over a canvas, or a panorama."""
+    module = multidiffusion_module()
+    if module is None:
+        raise StudioError("Region fusion and panoramas are not in this build (core.panorama is missing).")
+    from core.region_map import Region
+
+    width, height = s.width * max(1, s.width_multiplier), s.height
+    regions = []
+    if region_map is not None:
+        for spec, mask in region_masks(region_map, s.regions, (width, height)):
+            regions.append(Region(mask=mask, prompt=spec.prompt.strip(), negative_prompt=_negative(s.negative_prompt,
+                                  spec.negative_prompt), seed=spec.seed, name=spec.color))
+    prompt = s.background_prompt.strip()
+    if not prompt and not regions:
+        raise StudioError("Type a prompt first (for a region map: a background prompt or a prompt per colour).")
+    if not prompt:
+        prompt = ", ".join(r.prompt for r in regions)  # the background ties the regions together
+    return module.MultiDiffusionRequest(
+        prompt=prompt, negative_prompt=s.negative_prompt, regions=tuple(regions), kind=kind, width=width,
+        height=height, circular=s.circular, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
+        num_images=s.num_images, window=s.window, stride=max(1, s.window // 8))
+
+
+def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
+    """Region Painter: regions from the map; a width multiplier > 1 makes it a panorama."""
+    if region_map is None:
+        raise StudioError("Paint some regions or upload a region map first.")
+    if not any(spec.prompt.strip() for spec in s.regions) and not s.background_prompt.strip():
+        raise StudioError("Give at least one colour a prompt in the table (or type a background prompt).")
+    return multidiffusion_request(s, region_map, "panorama" if s.width_multiplier > 1 else "regions")
+
+
+def panorama_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
+    """Panorama page: width x height (already the panorama's), optional region map."""
+    if not s.background_prompt.strip():
+        raise StudioError("Type a prompt first: describe the panorama (e.g. 'a photo of the dolomites at sunrise').")
+    return multidiffusion_request(s, region_map, "panorama")

@@ -1,0 +1,362 @@
+"""What every page shares: the cached engine, the job queue, the gallery, the sidebar,
+the progress panel and the results panel (streamlit code; ``widgets.py`` and
+``restore.py`` are the others; the rest of studio_ui is plain Python).
+
+State conventions: a page's keys start with its name (``scribble.prompt``); widgets use
+``persist_state="session"`` so values survive page switches; components without that
+(canvas, data editor, uploader) carry ``<page>.rev`` in their key and are remounted from
+saved state when the page is entered or restored from the gallery.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import random
+import uuid
+from typing import Any, Callable, Iterator
+
+import streamlit as st
+
+from core.engine import Engine
+from core.errors import StudioError
+from core.loading import HOW_TO_GET_WEIGHTS, LoadOptions, available_models, default_model, models_dir
+
+from .gallery import GalleryItem, GalleryStore, outputs_dir
+from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
+
+ss = st.session_state
+OTHER_MODEL = "Other (path or hub id)…"
+MAX_SEED = 2**32 - 1
+GLOBAL_CSS = """<style>
+.block-container, [data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 2rem; }
+h1 { padding-top: 0 !important; }
+</style>"""
+PAGE_TITLES = {"scribble": "Scribble to Art", "regions": "Region Painter", "panorama": "Panorama", "gallery": "Gallery"}
+
+
+# --- shared resources --------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading the model (once per model, shared by everyone)…", max_entries=4)
+def _load_engine(model: str | None, device: str | None, dtype: str | None, attention_slicing: bool,
+                 vae_tiling: bool, cpu_offload: bool) -> Engine:
+    return Engine.load(LoadOptions(model=model, device=device, dtype=dtype, attention_slicing=attention_slicing,
+                                   vae_tiling=vae_tiling, cpu_offload=cpu_offload))
+
+
+@st.cache_resource
+def get_queue() -> JobQueue:
+    """The one job queue (and worker thread) of this server, shared by all sessions."""
+    return JobQueue()
+
+
+def get_gallery() -> GalleryStore:
+    return GalleryStore(outputs_dir())
+
+
+def session_id() -> str:
+    if "_session" not in ss:
+        ss["_session"] = uuid.uuid4().hex[:8]
+    return ss["_session"]
+
+
+def init_state(defaults: dict[str, Any]) -> None:
+    """Give keys their first value (widgets then read them; never pass ``value=`` too)."""
+    for key, value in defaults.items():
+        if key not in ss:
+            ss[key] = value
+
+
+def rev(page: str) -> int:
+    return int(ss.get(f"{page}.rev", 0))
+
+
+def bump_rev(page: str) -> None:
+    ss[f"{page}.rev"] = rev(page) + 1
+
+
+_ROUTED: contextvars.ContextVar[bool] = contextvars.ContextVar("studio_routed", default=False)
+
+
+@contextlib.contextmanager
+def routed() -> Iterator[None]:
+    """app.py runs the page inside this: the page then knows app.py's sidebar is drawn."""
+    token = _ROUTED.set(True)
+    try:
+        yield
+    finally:
+        _ROUTED.reset(token)
+
+
+def ensure_router() -> None:
+    """Make sure the page runs under app.py (its router and sidebar).
+
+    Streamlit treats a ``pages/`` folder next to the main script as a legacy multipage app
+    until the main script has called ``st.navigation`` once in the process (AppTest even
+    resets that before every run): sessions that start before then, such as the first
+    visit of a fresh server to a deep link like ``/regions``, run the page file alone.
+    Then switch the legacy mode off and, on a session's first run (no click to lose),
+    rerun: app.py routes the same page (its hash is the same in both modes). Otherwise
+    (AppTest) draw the sidebar here instead."""
+    if _ROUTED.get():
+        return
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+
+        PagesManager.uses_pages_directory = False
+    except ImportError:  # pragma: no cover - a Streamlit without this internal
+        pass
+    if not ss.get("_rerouted"):
+        ss["_rerouted"] = True
+        if "sb.model" not in ss:  # the session's first run (the sidebar never ran)
+            st.rerun()
+    sidebar()
+
+
+def enter_page(page: str) -> bool:
+    """Call first on each page: True when the person just arrived (then remount stateful
+    components from saved state)."""
+    ensure_router()
+    fresh = ss.get("_entered") != page
+    ss["_entered"] = page
+    if fresh:
+        bump_rev(page)
+    return fresh
+
+
+# --- no-model message and the engine -------------------------------------------------------
+
+def no_model_message() -> str:
+    return (f"**No model found** in `{models_dir()}`. To get one: {HOW_TO_GET_WEIGHTS}; or put the bundled demo "
+            "model in `pretrained_models/studio-demo`; or pick **Other** in the sidebar's model list and type a "
+            "folder path or a hub id (`org/name`). Then reload this page.")
+
+
+def load_options() -> LoadOptions | None:
+    """The sidebar's choice, or None when there is no model to load."""
+    return ss.get("_load_options")
+
+
+def current_engine() -> Engine | None:
+    """The loaded engine for the sidebar's options (cached), or None; errors go to
+    ``ss['_engine_error']`` as a message that says how to fix them."""
+    options = load_options()
+    ss["_engine_error"] = None
+    if options is None:
+        ss["_engine_error"] = no_model_message()
+        return None
+    try:
+        return _load_engine(options.model, options.device, options.dtype, options.attention_slicing,
+                            options.vae_tiling, options.cpu_offload)
+    except StudioError as exc:
+        ss["_engine_error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - show a message, never a traceback
+        ss["_engine_error"] = describe_error(exc)
+    return None
+
+
+def native_latent(engine: Engine) -> int:
+    """The model's native size in latent pixels (MultiDiffusion's view size)."""
+    return engine.bundle.native_size // engine.bundle.vae_scale_factor
+
+
+def engine_error() -> str | None:
+    return ss.get("_engine_error")
+
+
+# --- the sidebar ----------------------------------------------------------------------------
+
+def _copy_back(key: str) -> None:
+    ss[key] = ss[f"_w.{key}"]
+
+
+def bound(widget: Callable[..., Any], label: str, key: str, **kwargs: Any) -> Any:
+    """A widget showing the plain state value ``ss[key]`` (kept even when the widget is
+    not drawn, and settable from anywhere before the run): the widget's own key is
+    ``_w.<key>``, refreshed from ``key`` each run and copied back when the person edits it."""
+    ss[f"_w.{key}"] = ss[key]
+    return widget(label, key=f"_w.{key}", on_change=_copy_back, args=(key,), **kwargs)
+
+
+def _new_seed() -> None:
+    ss["seed"] = random.randint(0, MAX_SEED)
+
+
+def _device_choices() -> list[str]:
+    choices = ["auto", "cpu"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            choices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count()) if torch.cuda.device_count() > 1]
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            choices.append("mps")
+    except Exception:  # pragma: no cover
+        pass
+    return choices
+
+
+def sidebar() -> None:
+    """Model picker, device and precision, low-memory switches, seed; loads the engine."""
+    names = available_models()
+    try:
+        default = default_model()
+    except StudioError:
+        default = OTHER_MODEL
+    init_state({"sb.model": default, "sb.model_path": "", "sb.device": "auto", "sb.dtype": "auto",
+                "sb.attention_slicing": False, "sb.vae_tiling": False, "sb.cpu_offload": False,
+                "seed": random.randint(0, 99999)})
+    if ss["sb.model"] not in names + [OTHER_MODEL]:
+        ss["sb.model"] = default
+    st.html(GLOBAL_CSS)
+    with st.sidebar:
+        st.subheader("Model", anchor=False)
+        bound(st.selectbox, "Model", "sb.model", options=names + [OTHER_MODEL], label_visibility="collapsed",
+              help=f"Model folders found in {models_dir()} (diffusers format), or another path / hub id.")
+        model: str | None = ss["sb.model"]
+        if model == OTHER_MODEL:
+            bound(st.text_input, "Folder, .safetensors file or hub id", "sb.model_path",
+                  placeholder="pretrained_models/sd15 or org/name")
+            model = ss["sb.model_path"].strip() or None
+        with st.expander("Device, precision and memory"):
+            bound(st.selectbox, "Device", "sb.device", options=_device_choices())
+            bound(st.selectbox, "Precision", "sb.dtype", options=["auto", "fp32", "fp16", "bf16"],
+                  help="auto: fp16 on a CUDA GPU, fp32 elsewhere")
+            st.caption("Low-memory switches (use them if you run out of memory):")
+            bound(st.toggle, "Attention slicing", "sb.attention_slicing", help="lower peak memory, a little slower")
+            bound(st.toggle, "VAE tiling", "sb.vae_tiling", help="decode large images and panoramas tile by tile")
+            bound(st.toggle, "CPU offload", "sb.cpu_offload", help="keep models on the CPU between uses (CUDA only)")
+        ss["_load_options"] = None if model is None else LoadOptions(
+            model=model, device=ss["sb.device"], dtype=ss["sb.dtype"], attention_slicing=ss["sb.attention_slicing"],
+            vae_tiling=ss["sb.vae_tiling"], cpu_offload=ss["sb.cpu_offload"])
+        engine = current_engine()
+        if engine is not None:
+            info = engine.info()
+            st.caption(f"**{info['model']}** · {info['device']} · {info['dtype']} · {info['native_size']} px native")
+        else:
+            st.error(engine_error() or "No model loaded.", icon=":material/error:")
+
+        st.subheader("Seed", anchor=False)
+        bound(st.number_input, "Seed", "seed", min_value=0, max_value=MAX_SEED, step=1, label_visibility="collapsed",
+              help="The same seed, prompt and settings give the same image; variation i uses seed + i.")
+        st.button("New seed", icon=":material/casino:", on_click=_new_seed, width="stretch", key="new_seed")
+
+        queue = get_queue()
+        pending = queue.pending()
+        if pending:
+            st.caption(f":material/hourglass_top: {pending} request(s) in the shared queue")
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+def submit(page: str, engine: Engine, request: Any, *, title: str, ui: dict[str, Any]) -> None:
+    """Queue ``request`` on the shared worker; its results are saved to the gallery."""
+    gallery = get_gallery()
+
+    def work(progress: Callable[[Any], bool]) -> dict[str, Any]:
+        result = engine.run(request, progress)
+        items = gallery.save(result, engine.bundle, page=page, title=title, ui=ui)
+        return {"items": [item.id for item in items], "warnings": list(result.warnings),
+                "seconds": round(sum(result.timings.values()), 1)}
+
+    job = get_queue().submit(session_id(), f"{PAGE_TITLES.get(page, page)}: {title[:40]}", work)
+    ss[f"{page}.job"] = job.id
+    ss[f"{page}.message"] = None
+
+
+def active_job(page: str):
+    job = get_queue().get(ss.get(f"{page}.job"))
+    return job if job is not None and not job.done else None
+
+
+def collect(page: str) -> None:
+    """Move a finished job's outcome into the page's results or message."""
+    job_id = ss.get(f"{page}.job")
+    if not job_id:
+        return
+    job = get_queue().get(job_id)
+    if job is None:
+        ss[f"{page}.job"] = None
+        return
+    if not job.done:
+        return
+    ss[f"{page}.job"] = None
+    if job.status == DONE:
+        ss[f"{page}.results"] = list(job.result["items"])
+        done = f"Done in {job.result['seconds']} s — saved to the gallery."
+        warnings = job.result.get("warnings") or []
+        ss[f"{page}.message"] = ("warning", " ".join([done, *warnings])) if warnings else ("success", done)
+    elif job.status == CANCELLED:
+        ss[f"{page}.message"] = ("info", "Cancelled. Nothing was saved; your drawing and settings are unchanged.")
+    elif job.status == FAILED:
+        ss[f"{page}.message"] = ("error", job.error or "The request failed.")
+
+
+def show_message(page: str) -> None:
+    message = ss.get(f"{page}.message")
+    if message:
+        kind, text = message
+        {"error": st.error, "warning": st.warning, "info": st.info, "success": st.success}[kind](text)
+
+
+def _cancel(job_id: str) -> None:
+    get_queue().cancel(job_id)
+
+
+@st.fragment(run_every=0.5)
+def _progress_fragment(page: str) -> None:
+    queue = get_queue()
+    job = queue.get(ss.get(f"{page}.job"))
+    if job is None or job.done:
+        st.rerun()  # the whole page: show the result
+    with st.container(border=True):
+        position = queue.position(job)
+        if job.status == "queued":
+            ahead = "1 request is" if position == 1 else f"{position} requests are"
+            st.progress(0.0, text=f"Waiting in the queue: {ahead} ahead of yours")
+        elif job.total:
+            stage = "" if job.stage in ("", "denoise") else f"{job.stage.capitalize()} · "
+            st.progress(job.fraction, text=f"{stage}Step {job.step} of {job.total}")
+        else:
+            st.progress(0.0, text="Starting…")
+        if job.preview is not None:
+            st.image(job.preview, caption="Live preview", width=256)
+        st.button("Cancel", icon=":material/stop_circle:", key=f"{page}.cancel", on_click=_cancel,
+                  args=(job.id,), help="Stop this request; nothing is saved.")
+
+
+def progress_panel(page: str) -> None:
+    """Queue place, progress bar, live preview and Cancel, refreshed without blocking."""
+    if active_job(page) is not None:
+        _progress_fragment(page)
+
+
+# --- results ----------------------------------------------------------------------------------
+
+def result_items(page: str) -> list[GalleryItem]:
+    gallery = get_gallery()
+    items = [gallery.get(item_id) for item_id in ss.get(f"{page}.results") or []]
+    return [item for item in items if item is not None]
+
+
+def show_results(page: str, actions: Callable[[GalleryItem, Any], None] | None = None, columns: int = 2) -> None:
+    """The last results of this page: image, seed, download, and page-specific actions."""
+    items = result_items(page)
+    if not items:
+        return
+    cols = st.columns(min(columns, len(items)))
+    for i, item in enumerate(items):
+        with cols[i % len(cols)]:
+            st.image(str(item.image_path), caption=f"Seed {item.meta.get('seed')}", width="stretch")
+            st.download_button("Download PNG", item.image_bytes(), file_name=item.image_path.name, mime="image/png",
+                               key=f"{page}.dl.{item.id}", icon=":material/download:", on_click="ignore",
+                               help="The PNG carries its full recipe in its metadata.")
+            if actions is not None:
+                actions(item, st)
+
+
+def require_engine() -> Engine | None:
+    """The engine, or None after showing why there is none and how to fix it."""
+    engine = current_engine()
+    if engine is None:
+        st.warning(engine_error() or no_model_message(), icon=":material/warning:")
+    return engine

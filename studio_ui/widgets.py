@@ -1,0 +1,308 @@
+"""Page building blocks: brush controls, the drawing canvas with saved state, the
+colour -> prompt table, and the size picker."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from .canvas import EMPTY_DRAWING, compose, image_from_bytes, object_count, png_bytes, render_drawing, scale_drawing
+from .colors import Region, extract_regions, flatten, readable_name, region_label_image, swatch_data_url, to_hex
+
+ss = st.session_state
+
+TOOLS = {"freedraw": ":material/brush: Brush", "line": ":material/horizontal_rule: Line",
+         "rect": ":material/crop_square: Rect", "circle": ":material/circle: Circle",
+         "polygon": ":material/pentagon: Polygon"}
+SWATCHES = {  # preset colours (saturated and distinct: scribbles and region maps read best so)
+    "red": "#e53935", "orange": "#fb8c00", "yellow": "#fdd835", "green": "#43a047", "teal": "#00897b",
+    "blue": "#1e88e5", "purple": "#8e24aa", "pink": "#f06292", "brown": "#6d4c41", "black": "#212121",
+    "eraser": "#ffffff",
+}
+CUSTOM = "custom"
+
+
+def _pick(page: str, name: str) -> None:
+    ss[f"{page}.swatch"] = name
+
+
+def _palette_css(page: str, selected: str) -> str:
+    rules = []
+    for name, hexed in SWATCHES.items():
+        key = f"st-key-{page}_sw_{name}"
+        ring = "0 0 0 2px #fff, 0 0 0 4px var(--st-primary-color, #6d4aff)" if name == selected else "none"
+        rules.append(f".{key} button {{ background: {hexed} !important; border: 1px solid #0003 !important; "
+                     f"width: 1.75rem; height: 1.75rem; min-height: 1.75rem; padding: 0; border-radius: 50%; box-shadow: {ring}; }}")
+    rules.append(f".st-key-{page}_sw_eraser button {{ background: repeating-linear-gradient(45deg, #fff 0 4px, "
+                 f"#e5e5e5 4px 8px) !important; }}")
+    ring = "0 0 0 2px #fff, 0 0 0 4px var(--st-primary-color, #6d4aff)" if selected == CUSTOM else "none"
+    rules.append(f".st-key-{page}_custom_wrap [data-testid='stColorPickerBlock'] {{ box-shadow: {ring}; "
+                 "border-radius: 6px; }")
+    return "<style>" + "\n".join(rules) + "</style>"
+
+
+def brush_controls(page: str, *, default_tool: str = "freedraw", default_size: int = 12,
+                   default_swatch: str = "blue") -> tuple[str, int, str, bool]:
+    """Tool, brush size, colour (preset palette, eraser, or any colour from the picker) and
+    whether shapes are filled: returns (drawing_mode, stroke_width, colour hex, fill)."""
+    from .shared import init_state
+
+    init_state({f"{page}.tool": default_tool, f"{page}.brush": default_size, f"{page}.swatch": default_swatch,
+                f"{page}.custom": "#ff4081", f"{page}.fill": True})
+    if ss[f"{page}.swatch"] not in SWATCHES and ss[f"{page}.swatch"] != CUSTOM:
+        ss[f"{page}.swatch"] = default_swatch
+    st.segmented_control("Tool", list(TOOLS), format_func=TOOLS.get, key=f"{page}.tool", required=True,
+                         persist_state="session", label_visibility="collapsed", width="stretch",
+                         help="Polygon: click the corners, then click the first corner again to close it.")
+    swatch = ss[f"{page}.swatch"]
+    st.html(_palette_css(page, swatch))
+    with st.container(horizontal=True, gap="xsmall", vertical_alignment="center", key=f"{page}_palette"):
+        for name in SWATCHES:
+            st.button("\u200b", key=f"{page}_sw_{name}", on_click=_pick, args=(page, name),
+                      help="Eraser: paints the white background" if name == "eraser" else name.capitalize())
+        with st.container(key=f"{page}_custom_wrap", width="content"):
+            st.color_picker("Any colour", key=f"{page}.custom", persist_state="session", label_visibility="collapsed",
+                            on_change=_pick, args=(page, CUSTOM), help="Any colour (click to choose)")
+    a, b = st.columns([3, 2], vertical_alignment="center")
+    a.slider("Brush size", 1, 80, key=f"{page}.brush", persist_state="session")
+    b.toggle("Fill shapes", key=f"{page}.fill", persist_state="session",
+             help="Rectangles, circles and polygons are filled with the colour.")
+    color = ss[f"{page}.custom"] if swatch == CUSTOM else SWATCHES[swatch]
+    tool = ss.get(f"{page}.tool") or default_tool
+    return tool, int(ss[f"{page}.brush"]), color, bool(ss[f"{page}.fill"])
+
+
+# --- canvas with state that survives reruns, page switches and gallery restores -------------
+
+def _signature(drawing: dict[str, Any] | None) -> str:
+    objects = (drawing or {}).get("objects", []) or []
+    return hashlib.sha1(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reload_canvas(page: str, drawing: dict[str, Any] | None = None, *, background: bytes | None | str = "keep",
+                  raster: bytes | None = None) -> None:
+    """Remount the canvas showing ``drawing`` (None: keep the current one). Safe in callbacks."""
+    drawing = ss.get(f"{page}.drawing") if drawing is None else drawing
+    drawing = drawing if drawing is not None else dict(EMPTY_DRAWING)
+    ss[f"{page}.initial"] = drawing
+    ss[f"{page}.drawing"] = drawing
+    if background != "keep":
+        ss[f"{page}.bg"] = background
+    if raster is not None:
+        ss[f"{page}.raster"] = (_signature(drawing), raster)
+    ss[f"{page}.mount"] = int(ss.get(f"{page}.mount", 0)) + 1
+
+
+def clear_canvas(page: str) -> None:
+    reload_canvas(page, dict(EMPTY_DRAWING), background=None)
+    ss[f"{page}.upload_rev"] = int(ss.get(f"{page}.upload_rev", 0)) + 1
+
+
+def drawing_canvas(page: str, *, width: int, height: int, tool: str, stroke_width: int, color: str,
+                   fill: bool) -> tuple[Image.Image, dict[str, Any]]:
+    """The canvas; returns (what is on it now as RGB at canvas size, its Fabric JSON)."""
+    from streamlit_drawable_canvas import st_canvas
+
+    from .shared import rev
+
+    if f"{page}.initial" not in ss:
+        reload_canvas(page, dict(EMPTY_DRAWING), background=None)
+    dims = ss.get(f"{page}.dims")
+    if dims is not None and tuple(dims) != (width, height):  # size changed: scale the drawing along
+        reload_canvas(page, scale_drawing(ss[f"{page}.drawing"], width / dims[0], height / dims[1]))
+    if ss.get(f"{page}.mounted_rev") != rev(page):  # page (re)entered: remount from the latest drawing
+        reload_canvas(page)
+        ss[f"{page}.mounted_rev"] = rev(page)
+    ss[f"{page}.dims"] = (width, height)
+    background = image_from_bytes(ss.get(f"{page}.bg"))
+    fill_color = color if fill and tool != "line" else "rgba(0, 0, 0, 0)"
+    result = st_canvas(
+        fill_color=fill_color, stroke_width=stroke_width, stroke_color=color,
+        background_color="#ffffff", background_image=background, background_image_fit="stretch",
+        update_streamlit=True, height=height, width=width, drawing_mode=tool,
+        initial_drawing=ss[f"{page}.initial"], return_image_data=True,
+        key=f"{page}.canvas.{rev(page)}.{ss[f'{page}.mount']}",
+    )
+    drawing = result.json_data if result.json_data is not None else ss[f"{page}.initial"]
+    ss[f"{page}.drawing"] = drawing
+    signature = _signature(drawing)
+    strokes = result.image_data
+    if strokes is not None:
+        strokes = np.asarray(strokes)
+        ss[f"{page}.raster"] = (signature, png_bytes(Image.fromarray(strokes.astype(np.uint8))))
+        image = compose(strokes, width, height, background)
+    else:
+        saved = ss.get(f"{page}.raster")
+        if saved and saved[0] == signature:
+            image = compose(np.asarray(image_from_bytes(saved[1]).convert("RGBA")), width, height, background)
+        else:
+            image = render_drawing(drawing, width, height, background)
+    return image, drawing
+
+
+def opaque(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited over white (the background)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        return Image.fromarray(flatten(np.asarray(image.convert("RGBA"))))
+    return image.convert("RGB")
+
+
+def canvas_is_blank(page: str) -> bool:
+    return object_count(ss.get(f"{page}.drawing")) == 0 and not ss.get(f"{page}.bg")
+
+
+def upload_background(page: str, label: str = "Start from an image") -> None:
+    """An uploader whose image becomes the canvas background (the drawing is kept)."""
+    uploaded = st.file_uploader(label, type=["png", "jpg", "jpeg", "webp"],
+                                key=f"{page}.upload.{ss.get(f'{page}.upload_rev', 0)}",
+                                help="The image is stretched to the canvas; draw over it.")
+    if uploaded is not None and ss.get(f"{page}.upload_id") != uploaded.file_id:
+        ss[f"{page}.upload_id"] = uploaded.file_id
+        try:
+            image = Image.open(uploaded)
+            image.load()
+        except Exception:  # noqa: BLE001
+            st.error("This file is not an image the app can open: upload a PNG, JPEG or WebP.")
+            return
+        reload_canvas(page, background=png_bytes(opaque(image)))
+        st.rerun()
+
+
+# --- colour -> prompt tables -------------------------------------------------------------------
+
+def find_regions(page: str, image: Image.Image, *, ignore_white: bool, max_colors: int = 10) -> list[Region]:
+    """Painted colours of ``image`` (cached per image), largest first."""
+    small = image.convert("RGB")
+    if max(small.size) > 256:  # colour finding does not need full resolution
+        scale = 256 / max(small.size)
+        small = small.resize((max(1, round(small.width * scale)), max(1, round(small.height * scale))), Image.NEAREST)
+    key = hashlib.sha1(small.tobytes()).hexdigest()
+    cached = ss.get(f"{page}.regions_cache")
+    if cached and cached[0] == (key, ignore_white):
+        return cached[1]
+    regions = extract_regions(np.asarray(small), max_colors=max_colors, min_fraction=0.004)
+    if ignore_white:
+        regions = [r for r in regions if r.hex != "#ffffff"]
+    ss[f"{page}.regions_cache"] = ((key, ignore_white), regions)
+    return regions
+
+
+def colour_table(page: str, regions: list[Region], columns: dict[str, Any], *, height: int | None = None) -> dict[str, dict[str, Any]]:
+    """An editable table, one row per region colour: swatch, name and area, then
+    ``columns`` (name -> column config, default value in ``config['default']``).
+    Rows are remembered per colour, so a colour keeps its prompt when others change.
+    Returns {hex: {column: value}} for the colours shown, in order."""
+    from .shared import rev
+
+    store: dict[str, dict[str, Any]] = ss.setdefault(f"{page}.rows", {})
+    hexes = [r.hex for r in regions]
+    for h in hexes:
+        store.setdefault(h, {name: spec.get("default") for name, spec in columns.items()})
+    signature = hashlib.sha1(json.dumps([hexes, rev(page), ss.get(f"{page}.rows_rev", 0)]).encode()).hexdigest()[:12]
+    base = ss.get(f"{page}.table_base")
+    if base is None or base[0] != signature:
+        frame = pd.DataFrame({
+            "swatch": [swatch_data_url(r.color) for r in regions],
+            "colour": [f"{readable_name(r.color)} · {100 * r.fraction:.0f}%" for r in regions],
+            **{name: [store[h].get(name) for h in hexes] for name in columns},
+        })
+        for name, spec in columns.items():
+            if spec.get("kind") == "int":
+                frame[name] = pd.array(frame[name], dtype="Int64")
+            else:
+                frame[name] = frame[name].fillna("").astype(str)
+        base = (signature, frame)
+        ss[f"{page}.table_base"] = base
+    config = {
+        "swatch": st.column_config.ImageColumn("", width=32),
+        "colour": st.column_config.TextColumn("Colour · area", disabled=True, width=88),
+        **{name: spec["config"] for name, spec in columns.items()},
+    }
+    edited = st.data_editor(base[1], key=f"{page}.table.{signature}", hide_index=True, column_config=config,
+                            num_rows="fixed", width="stretch", height=height or "auto")
+    out: dict[str, dict[str, Any]] = {}
+    for h, (_, row) in zip(hexes, edited.iterrows()):
+        values = {}
+        for name, spec in columns.items():
+            value = row[name]
+            if spec.get("kind") == "int":
+                value = None if pd.isna(value) else int(value)
+            else:
+                value = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+            values[name] = value
+        store[h] = values
+        out[h] = values
+    return out
+
+
+def set_rows(page: str, rows: dict[str, dict[str, Any]]) -> None:
+    """Replace the remembered rows (restoring from the gallery); safe in callbacks."""
+    ss[f"{page}.rows"] = {to_hex(h): dict(v) for h, v in rows.items()}
+    ss[f"{page}.rows_rev"] = int(ss.get(f"{page}.rows_rev", 0)) + 1
+
+
+# --- sizes ---------------------------------------------------------------------------------------
+
+def round8(value: float) -> int:
+    return max(8, int(round(value / 8)) * 8)
+
+
+def aspect_sizes(native: int) -> dict[str, tuple[int, int]]:
+    """Output sizes for the model's native side: square, landscape 3:2, portrait 2:3, wide 16:9."""
+    return {"Square": (native, native), "Landscape 3:2": (round8(native * 1.5), native),
+            "Portrait 2:3": (native, round8(native * 1.5)), "Wide 16:9": (round8(native * 16 / 9), native)}
+
+
+REGION_COLUMNS = {
+    "prompt": {"default": "", "config": st.column_config.TextColumn("Prompt", width=140,
+                                                                   help="What this region shows")},
+    "negative": {"default": "", "config": st.column_config.TextColumn("Negative", width=86,
+                                                                     help="Kept out of this region only")},
+    "seed": {"default": None, "kind": "int", "config": st.column_config.NumberColumn(
+        "Seed", min_value=0, max_value=2**32 - 1, step=1, width=60, help="Blank: the sidebar seed")},
+}
+
+
+def region_prompt_table(page: str, regions: list[Region]) -> list[dict[str, Any]]:
+    """Swatch / prompt / negative prompt / seed per colour, with a warning for colours
+    without a prompt. Returns [{color, prompt, negative, seed, region}] for every colour."""
+    if not regions:
+        st.caption("Paint or upload a map: each colour gets a row here. White is the background.")
+        return []
+    rows = colour_table(page, regions, REGION_COLUMNS)
+    out = [{"color": r.hex, "region": r, **rows[r.hex]} for r in regions]
+    unnamed = [f"{readable_name(r['color'])} ({r['color']})" for r in out if not r["prompt"].strip()]
+    if unnamed:
+        st.warning("No prompt for " + ", ".join(unnamed) + ": these areas will follow the background prompt. "
+                   "Type a prompt in the table to give them their own.", icon=":material/warning:")
+    return out
+
+
+def region_map_upload(page: str) -> Image.Image | None:
+    """An uploaded region map (kept in the session), or None."""
+    uploaded = st.file_uploader("Region map", type=["png", "jpg", "jpeg", "webp"],
+                                key=f"{page}.map_upload.{ss.get(f'{page}.upload_rev', 0)}",
+                                help="An image of flat colours, one per region; white is the background.")
+    if uploaded is not None and ss.get(f"{page}.map_id") != uploaded.file_id:
+        try:
+            image = Image.open(uploaded)
+            image.load()
+        except Exception:  # noqa: BLE001
+            st.error("This file is not an image the app can open: upload a PNG, JPEG or WebP.")
+            return image_from_bytes(ss.get(f"{page}.map_png"))
+        ss[f"{page}.map_id"] = uploaded.file_id
+        ss[f"{page}.map_png"] = png_bytes(opaque(image))
+    return image_from_bytes(ss.get(f"{page}.map_png"))
+
+
+def cleaned_map(page: str, image: Image.Image) -> Image.Image:
+    """The region map as the app reads it: flat colours (white = background), at the
+    image's size, with anti-aliased edges and specks merged into painted colours."""
+    regions = find_regions(f"{page}.all", image, ignore_white=False)
+    cleaned = Image.fromarray(region_label_image(regions)) if regions else image.convert("RGB")
+    return cleaned.resize(image.size, Image.NEAREST) if cleaned.size != image.size else cleaned

@@ -1,0 +1,331 @@
+"""The Streamlit app, headless (AppTest): every page, the no-model message, generating with
+progress, the gallery round trip, state that survives page switches, and the shared
+job queue (one worker; a failure or cancel in one session leaves the others working)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.errors import StudioError
+from studio_ui.jobs import CANCELLED, DONE, FAILED, OOM_HELP, JobQueue, describe_error
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = {"scribble": "pages/scribble.py", "regions": "pages/regions.py", "panorama": "pages/panorama.py",
+         "gallery": "pages/gallery.py"}
+TITLES = {"scribble": "Scribble to Art", "regions": "Region Painter", "panorama": "Panorama", "gallery": "Gallery"}
+DRAWING = {"version": "7.4.0", "objects": [
+    {"type": "Rect", "left": 40, "top": 200, "width": 400, "height": 240, "fill": "#43a047", "stroke": "#43a047",
+     "strokeWidth": 12, "originX": "left", "originY": "top", "strokeUniform": True},
+    {"type": "Circle", "left": 300, "top": 110, "radius": 60, "width": 120, "height": 120, "fill": "#e53935",
+     "stroke": "#e53935", "strokeWidth": 12, "originX": "left", "originY": "center"},
+]}
+
+
+@pytest.fixture
+def studio(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """Models: a folder holding only the tiny model; outputs: a fresh temp folder."""
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tiny_model_dir.parent))
+    monkeypatch.setenv("STUDIO_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    return tmp_path / "outputs"
+
+
+def open_page(page: str, **state) -> AppTest:
+    """A new session on ``page`` (the first run is the default page, Scribble to Art).
+
+    AppTest runs later pages as a legacy multipage app (there is a ``pages/`` folder), so
+    they run without app.py; shared.ensure_router then draws the sidebar itself."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    if page != "scribble":
+        at.switch_page(PAGES[page]).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def wait_for_job(at: AppTest, page: str, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        at.run()
+        assert not at.exception, at.exception
+        if not at.session_state[f"{page}.job"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the {page} job did not finish in {timeout} s")
+
+
+def draw(at: AppTest, page: str, drawing: dict) -> None:
+    """Put a drawing on the page's canvas as if restored (the canvas remounts from state)."""
+    at.session_state[f"{page}.drawing"] = drawing
+    at.session_state["_entered"] = None
+    at.run()
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_runs(studio: Path, page: str) -> None:
+    at = open_page(page)
+    assert at.title[0].value == TITLES[page]
+    assert not at.error and not any("No model" in w.value for w in at.warning)
+    assert at.session_state["_load_options"].model == "tiny-sd"
+
+
+def test_sidebar_shows_model_device_precision_and_seed(studio: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert "**tiny-sd** · cpu · fp32 · 64 px native" in [c.value for c in at.sidebar.caption]
+    assert at.sidebar.selectbox(key="_w.sb.model").options == ["tiny-sd", "Other (path or hub id)…"]
+    before = at.sidebar.number_input(key="_w.seed").value
+    at.sidebar.button(key="new_seed").click().run()
+    assert at.session_state["seed"] != before and at.sidebar.number_input(key="_w.seed").value != before
+    at.sidebar.number_input(key="_w.seed").set_value(1234).run()
+    assert at.session_state["seed"] == 1234
+    at.switch_page(PAGES["gallery"]).run()  # every page has the sidebar
+    assert "**tiny-sd** · cpu · fp32 · 64 px native" in [c.value for c in at.sidebar.caption]
+    assert at.sidebar.number_input(key="_w.seed").value == 1234
+    other = AppTest.from_file(APP, default_timeout=60)
+    other.session_state["sb.model"] = "Other (path or hub id)…"
+    other.session_state["sb.model_path"] = "/no/such/folder"
+    other.run()
+    assert "not found" in " ".join(e.value for e in other.sidebar.error)
+    assert any("not found" in w.value for w in other.warning)
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_no_model_says_how_to_get_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, page: str) -> None:
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("STUDIO_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    messages = " ".join(e.value for e in at.sidebar.error)
+    assert "No model found" in messages and "huggingface-cli download" in messages and "studio-demo" in messages
+    at = open_page(page)
+    if page != "gallery":
+        warning = " ".join(w.value for w in at.warning)
+        assert "No model found" in warning and "huggingface-cli download" in warning
+        assert at.button(key=f"{page}.generate").disabled
+
+
+def test_scribble_generates_and_reopens_from_the_gallery(studio: Path) -> None:
+    at = open_page("scribble", **{"scribble.steps": 4, "seed": 11})
+    draw(at, "scribble", DRAWING)
+    at.text_area(key="scribble.prompt").set_value("green trees and a small house in a field of flowers")
+    at.selectbox(key="scribble.method").set_value("GradOP+ fast")
+    at.toggle(key="scribble.name_regions").set_value(True).run()
+    assert not at.exception, at.exception
+    at.session_state["scribble.rows"] = {"#43a047": {"words": "trees"}, "#e53935": {"words": ""}}
+    at.session_state["scribble.rows_rev"] = 1  # as if typed in the table
+    at.button(key="scribble.generate").click().run()
+    assert at.session_state["scribble.job"]
+    wait_for_job(at, "scribble")
+    assert not at.error, [e.value for e in at.error]
+    results = at.session_state["scribble.results"]
+    assert len(results) == 1 and (studio / f"{results[0]}.png").is_file()
+
+    at.switch_page(PAGES["gallery"]).run()
+    at.button(key=f"gallery.view.{results[0]}").click().run()
+    at.session_state["scribble.prompt"] = "something else"  # changed since: reopening must undo it
+    at.session_state["seed"] = 99
+    at.button(key="gallery.open").click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Scribble to Art"
+    assert at.text_area(key="scribble.prompt").value == "green trees and a small house in a field of flowers"
+    assert at.selectbox(key="scribble.method").value == "GradOP+ fast"
+    assert at.session_state["seed"] == 11 and at.session_state["scribble.steps"] == 4
+    assert at.session_state["scribble.drawing"]["objects"] == DRAWING["objects"]
+    assert at.session_state["scribble.rows"]["#43a047"]["words"] == "trees"
+    assert any("Opened from the gallery" in i.value for i in at.info)
+
+
+def test_blank_canvas_is_text_to_image_and_errors_are_messages(studio: Path) -> None:
+    at = open_page("scribble", **{"scribble.steps": 2})
+    at.button(key="scribble.generate").click().run()
+    assert any("Type a prompt first" in e.value for e in at.error)  # a message, not a traceback
+    at.text_area(key="scribble.prompt").set_value("a red sun over purple mountains at sunset")
+    at.button(key="scribble.generate").click().run()
+    wait_for_job(at, "scribble")
+    assert at.session_state["scribble.results"] and not at.error
+
+
+def test_state_survives_page_switches(studio: Path) -> None:
+    at = open_page("scribble")
+    draw(at, "scribble", DRAWING)
+    at.text_area(key="scribble.prompt").set_value("a castle on a hill").run()
+    at.slider(key="scribble.fidelity").set_value(0.8).run()
+    at.switch_page(PAGES["gallery"]).run()
+    at.switch_page(PAGES["scribble"]).run()
+    assert at.text_area(key="scribble.prompt").value == "a castle on a hill"
+    assert at.slider(key="scribble.fidelity").value == 0.8
+    assert at.session_state["scribble.initial"]["objects"] == DRAWING["objects"]  # the canvas remounts with it
+    at.selectbox(key="scribble.size").set_value("Landscape 3:2").run()  # 448x299 canvas: the drawing follows
+    rect = at.session_state["scribble.initial"]["objects"][0]
+    assert rect["scaleX"] == 1.0 and rect["scaleY"] == pytest.approx(299 / 448)
+
+
+def test_gallery_lists_filters_and_deletes(studio: Path) -> None:
+    at = open_page("scribble", **{"scribble.steps": 2, "scribble.variations": 2})
+    at.text_area(key="scribble.prompt").set_value("ink sketch of a cat and a dog by the sea")
+    at.button(key="scribble.generate").click().run()
+    wait_for_job(at, "scribble")
+    first, second = at.session_state["scribble.results"]
+    at.switch_page(PAGES["gallery"]).run()
+    assert any("2 of 2 images" in c.value for c in at.caption)
+    at.text_input(key="gallery.search").set_value("no such prompt").run()
+    assert any("0 of 2 images" in c.value for c in at.caption)
+    at.text_input(key="gallery.search").set_value("").run()
+    at.button(key=f"gallery.view.{first}").click().run()
+    assert {b.label for b in at.get("download_button")} >= {"PNG + recipe", "Recipe JSON"}
+    at.button(key="gallery.delete").click().run()
+    assert not (studio / f"{first}.png").exists() and not (studio / f"{first}.json").exists()
+    assert (studio / f"{second}.png").exists() and any("1 of 1 images" in c.value for c in at.caption)
+
+
+def test_region_painter_finds_colours_and_warns_about_unnamed_ones(studio: Path) -> None:
+    at = open_page("regions", **{"regions.size": "Square"})
+    draw(at, "regions", DRAWING)
+    rows = at.session_state["regions.rows"]
+    assert set(rows) == {"#43a047", "#e53935"}  # white is the background, not a region
+    assert any("No prompt for" in w.value for w in at.warning)
+    at.session_state["regions.rows"] = {"#43a047": {"prompt": "a meadow", "negative": "", "seed": None},
+                                        "#e53935": {"prompt": "a red sun", "negative": "", "seed": 3}}
+    at.session_state["regions.rows_rev"] = 1
+    at.session_state["regions.steps"] = 2
+    at.run()
+    assert not any("No prompt for" in w.value for w in at.warning)
+    at.button(key="regions.generate").click().run()
+    wait_for_job(at, "regions")
+    assert not at.error, [e.value for e in at.error]
+    [item] = at.session_state["regions.results"]
+    meta = json.loads((studio / f"{item}.json").read_text())
+    assert meta["kind"] == "regions" and meta["size"] == [64, 64]  # square at the tiny model's 64 px
+    assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a meadow", "a red sun"]
+    assert meta["ui"]["rows"]["#e53935"]["seed"] == 3
+
+    at.slider(key="regions.multiplier").set_value(2).run()  # the same map as a panorama
+    assert any("128×64" in c.value for c in at.caption)
+    at.button(key="regions.generate").click().run()
+    wait_for_job(at, "regions")
+    [item] = at.session_state["regions.results"]
+    meta = json.loads((studio / f"{item}.json").read_text())
+    assert meta["kind"] == "panorama" and meta["size"] == [128, 64]
+
+
+def test_panorama_presets_and_generation(studio: Path) -> None:
+    at = open_page("panorama", **{"panorama.steps": 2})
+    at.segmented_control(key="panorama.preset").set_value("360").run()
+    assert any("256×64" in c.value and "wraps around" in c.value for c in at.caption)
+    at.segmented_control(key="panorama.preset").set_value("2:1").run()
+    assert any("128×64" in c.value for c in at.caption)  # 2:1 at the tiny model's 64 px
+    at.button(key="panorama.generate").click().run()
+    assert any("Type a prompt first" in e.value for e in at.error)
+    at.text_area(key="panorama.prompt").set_value("a watercolor of a lake at night with a white moon")
+    at.button(key="panorama.generate").click().run()
+    wait_for_job(at, "panorama")
+    [item] = at.session_state["panorama.results"]
+    meta = json.loads((studio / f"{item}.json").read_text())
+    assert meta["size"] == [128, 64] and meta["kind"] == "panorama"
+    assert meta["recipe"]["request"]["window"] == 8  # the model's native latent size
+
+
+def test_region_and_panorama_requests_from_settings() -> None:
+    from PIL import Image
+
+    from studio_ui.methods import RegionSettings, RegionSpec, panorama_request, region_request
+
+    region_map = Image.new("RGB", (30, 20), "white")
+    region_map.paste((229, 57, 53), (0, 0, 10, 20))
+    specs = [RegionSpec("#e53935", "a red sun", "dark", 4), RegionSpec("#1e88e5", "absent colour")]
+    settings = RegionSettings("a meadow", specs, negative_prompt="blurry", width=96, height=64, width_multiplier=3,
+                              circular=True, window=8)
+    request = region_request(settings, region_map)
+    assert request.kind == "panorama" and (request.width, request.height) == (288, 64) and request.circular
+    [region] = request.regions  # a colour that is not on the map is left out
+    assert region.mask.size == (288, 64) and region.seed == 4 and region.negative_prompt == "blurry, dark"
+    assert request.window == 8 and request.stride == 1
+    settings.width_multiplier, settings.circular = 1, False
+    assert region_request(settings, region_map).kind == "regions"
+    with pytest.raises(StudioError, match="Type a prompt first"):
+        panorama_request(RegionSettings("", [], width=128, height=64), None)
+
+
+# --- the shared queue ------------------------------------------------------------------------------
+
+class Event:
+    def __init__(self, step: int, total: int) -> None:
+        self.stage, self.step, self.total = "denoise", step, total
+
+    def preview(self):
+        return None
+
+
+def steps_work(n: int, result: str, gate: threading.Event | None = None, fail: Exception | None = None):
+    def work(progress):
+        if gate is not None:
+            gate.wait(5)
+        for i in range(n):
+            if progress(Event(i + 1, n)):
+                from core.errors import CancelledError
+                raise CancelledError("cancelled")
+            time.sleep(0.01)
+        if fail is not None:
+            raise fail
+        return result
+    return work
+
+
+def test_queue_runs_one_at_a_time_in_order_and_reports_places() -> None:
+    queue, gate = JobQueue(), threading.Event()
+    first = queue.submit("a", "first", steps_work(3, "one", gate))
+    second = queue.submit("b", "second", steps_work(3, "two"))
+    third = queue.submit("c", "third", steps_work(3, "three"))
+    time.sleep(0.1)
+    assert first.status == "running" and queue.position(second) == 1 and queue.position(third) == 2
+    gate.set()
+    for job in (first, second, third):
+        queue.wait(job, 10)
+    assert [j.result for j in (first, second, third)] == ["one", "two", "three"]
+    assert first.finished <= second.started and second.finished <= third.started
+    assert third.fraction == 1.0 and queue.pending() == 0
+
+
+def test_failures_and_cancels_stay_in_their_session() -> None:
+    queue, gate = JobQueue(), threading.Event()
+    running = queue.submit("a", "cancel me while running", steps_work(200, "never", gate))
+    broken = queue.submit("b", "fails", steps_work(2, "never", fail=RuntimeError("boom")))
+    user_error = queue.submit("c", "user error", steps_work(1, "never", fail=StudioError("Choose a smaller size.")))
+    oom = queue.submit("d", "out of memory", steps_work(1, "never", fail=RuntimeError("CUDA out of memory.")))
+    waiting = queue.submit("e", "cancel me while waiting", steps_work(2, "never"))
+    fine = queue.submit("f", "fine", steps_work(2, "ok"))
+    queue.cancel(waiting.id)
+    assert waiting.status == CANCELLED
+    gate.set()
+    time.sleep(0.05)
+    queue.cancel(running.id)
+    for job in (running, broken, user_error, oom, fine):
+        queue.wait(job, 10)
+    assert running.status == CANCELLED and running.step < 200
+    assert broken.status == FAILED and "boom" in broken.error and "Traceback" not in broken.error
+    assert user_error.error == "Choose a smaller size."
+    assert oom.error == OOM_HELP and "low-memory" in oom.error
+    assert fine.status == DONE and fine.result == "ok"
+
+
+def test_error_messages_say_how_to_fix() -> None:
+    assert describe_error(MemoryError()) == OOM_HELP
+    assert "Details are in the server log" in describe_error(KeyError("x"))
+
+
+def test_two_sessions_share_the_engine_and_both_finish(studio: Path) -> None:
+    sessions = [open_page("scribble", **{"scribble.steps": 3, "scribble.method": "SDEdit", "seed": s}) for s in (1, 2)]
+    for at in sessions:
+        draw(at, "scribble", DRAWING)
+        at.text_area(key="scribble.prompt").set_value("a watercolor of a lake at night")
+        at.button(key="scribble.generate").click().run()
+    for at in sessions:
+        wait_for_job(at, "scribble")
+    seeds = [at.session_state["scribble.results"] for at in sessions]
+    assert all(len(s) == 1 for s in seeds) and seeds[0] != seeds[1]

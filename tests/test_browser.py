@@ -1,0 +1,392 @@
+"""End to end in a real browser: `streamlit run app.py` on localhost, headless Chromium
+driven by Playwright. Draws strokes on the real canvas with the mouse, types prompts,
+generates on the tiny model, opens the gallery and reopens the recipe in the editor; the
+same for a painted region map, and a panorama laid out by an uploaded map.
+
+Screenshots go to ``test-artifacts/`` (and to ``docs/screenshots/`` with
+``UPDATE_SCREENSHOTS=1``). Runs when Chromium is installed (``apt-get install chromium``;
+``.ci/run`` does it), skipped otherwise. ``STUDIO_CHROMIUM`` overrides the browser path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+VIEWPORT = {"width": 1440, "height": 1000}
+PROMPT_COLUMN = 32 + 88 + 70  # x of the middle of the 'Prompt' column in the region tables
+GREEN, RED, BLUE = (67, 160, 71), (229, 57, 53), (30, 136, 229)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: install it with "
+                       "`apt-get install chromium` (the CI does) or set STUDIO_CHROMIUM"),
+]
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+# --- the server and the browser ---------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`streamlit run app.py` with the tiny model; yields (url, outputs folder)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    outputs = tmp_path_factory.mktemp("outputs")
+    port = free_port()
+    env = {**os.environ, "STUDIO_MODELS_DIR": str(tiny_model_dir.parent), "STUDIO_OUTPUTS_DIR": str(outputs),
+           "PYTHONUNBUFFERED": "1"}
+    log = open(ARTIFACTS / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"streamlit did not start; see {ARTIFACTS / 'streamlit.log'}")
+                time.sleep(0.3)
+        yield url, outputs
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    try:  # the last state of every test, to look at when one fails
+        page.screenshot(path=str(ARTIFACTS / f"last-{request.node.name}.png"), full_page=True)
+    finally:
+        context.close()
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page (the viewport grows to the content's height, since
+    Streamlit scrolls inside its main container) as a test artifact, and as a README
+    screenshot with UPDATE_SCREENSHOTS=1."""
+    path = ARTIFACTS / f"{name}.png"
+    page.mouse.move(5, 5)  # no hover toolbar or tooltip in the picture
+    height = page.evaluate("""() => {
+        let tallest = document.body.scrollHeight;
+        for (const el of document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"]')) {
+            el.scrollTo(0, 0);
+            tallest = Math.max(tallest, el.scrollHeight);
+        }
+        return tallest;
+    }""")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": int(min(max(height, size["height"]), 2400))})
+    time.sleep(0.6)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, SCREENSHOTS / f"{name}.png")
+
+
+def wait_idle(page, settle: float = 0.2) -> None:
+    """Wait until Streamlit has no run in progress (its 'Running…' widget is gone)."""
+    time.sleep(0.15)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    time.sleep(settle)
+
+
+def visible(page, selector: str):
+    return page.locator(selector).locator("visible=true").first
+
+
+def open_app(page, url: str, path: str) -> None:
+    """Open a page of the app and wait until app.py's navigation is there (on a fresh
+    server the first visit reloads itself once: see studio_ui.shared.ensure_router)."""
+    page.goto(f"{url}/{path}")
+    page.get_by_role("link", name="Gallery", exact=True).wait_for(timeout=90_000)
+    page.wait_for_selector("h1", timeout=60_000)
+    wait_idle(page)
+
+
+def pick(page, app_page: str, tool: str, colour: str) -> None:
+    """Choose a drawing tool and a palette colour, and wait until the page shows both
+    chosen (the canvas gets its new tool and colour in that same rerun)."""
+    visible(page, f".st-key-{app_page}-tool [role=radio]:has-text('{tool}')").click()
+    page.locator(f".st-key-{app_page}-tool [role=radio][aria-checked=true]:has-text('{tool}')").first.wait_for()
+    visible(page, f".st-key-{app_page}_sw_{colour} button").click()
+    page.wait_for_function(
+        """([cls]) => [...document.querySelectorAll('.' + cls + ' button')]
+                .some(b => getComputedStyle(b).boxShadow.includes('rgb'))""",
+        arg=[f"st-key-{app_page}_sw_{colour}"], timeout=30_000)
+    wait_idle(page, settle=0.4)
+
+
+def drag(page, points: list[tuple[float, float]]) -> None:
+    """Press, move through ``points`` (canvas pixels) and release on the drawing canvas."""
+    canvas = page.locator("canvas.dc-canvas").first
+    canvas.wait_for(state="visible")
+    box = canvas.bounding_box()
+    x0, y0 = box["x"], box["y"]
+    page.mouse.move(x0 + points[0][0], y0 + points[0][1])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(x0 + x, y0 + y, steps=6)
+    page.mouse.up()
+    wait_idle(page)
+
+
+def type_into(page, label: str, text: str) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(text)
+    box.press("Control+Enter")  # commits a text area without leaving it
+    wait_idle(page)
+
+
+def set_slider(page, key: str, value_from_min: int) -> None:
+    """Move a slider to its minimum plus ``value_from_min`` steps with the keyboard."""
+    thumb = page.locator(f".st-key-{key} input[type=range]").first  # visually hidden, focusable
+    thumb.focus()
+    thumb.press("Home")
+    for _ in range(value_from_min):
+        thumb.press("ArrowRight")
+    wait_idle(page)
+
+
+def open_expander(page, title: str) -> None:
+    page.get_by_text(title, exact=True).first.click()
+    time.sleep(0.3)
+
+
+def table_rows(page, table: str, rows: int) -> None:
+    """Wait until the data editor ``table`` shows ``rows`` rows (it remounts when colours change)."""
+    cells = page.locator(f"[class*='st-key-{table}'] [role=gridcell]")
+    deadline = time.time() + 30
+    while cells.count() < rows * 5 and time.time() < deadline:
+        time.sleep(0.2)
+    wait_idle(page)
+
+
+def edit_cell(page, table: str, row: int, column_left: float, text: str) -> None:
+    """Type ``text`` into a cell of a data editor (a canvas grid): double-click to open the
+    cell's editor, fill it, Enter. Retried while the grid remounts (colours changed)."""
+    cells = page.locator(f"[class*='st-key-{table}'] [role=gridcell]", has_text=text)
+    editor = page.locator("textarea.gdg-input, input.gdg-input").first
+    for _ in range(4):
+        box = visible(page, f"[class*='st-key-{table}'] [data-testid='stDataFrameResizable']").bounding_box()
+        if box is not None:
+            page.mouse.dblclick(box["x"] + column_left, box["y"] + 35 * (row + 1) + 17)
+            try:
+                editor.wait_for(state="visible", timeout=5_000)
+                editor.fill(text)
+                editor.press("Enter")
+            except playwright_api.TimeoutError:
+                pass
+            wait_idle(page, settle=0.5)
+        if cells.count():
+            return
+    raise AssertionError(f"could not type {text!r} into {table}")
+
+
+def generate_and_wait(page, app_page: str) -> None:
+    """Click Generate and wait for the results (failing at once if an error shows instead)."""
+    visible(page, f".st-key-{app_page}-generate button").click()
+    results = page.get_by_role("heading", name="Results")
+    error = page.locator("[data-testid='stAlertContentError']")
+    deadline = time.time() + 90
+    while not results.count() and time.time() < deadline:
+        if error.count():
+            raise AssertionError(f"generation failed: {error.first.inner_text()}")
+        time.sleep(0.25)
+    results.wait_for(timeout=1_000)
+    wait_idle(page)
+
+
+def pixels(page, selector: str) -> np.ndarray:
+    path = ARTIFACTS / "_element.png"
+    page.locator(selector).first.screenshot(path=str(path))
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def share_of(image: np.ndarray, colour: tuple[int, int, int], tolerance: int = 30) -> float:
+    return float((np.abs(image - np.array(colour)).max(-1) <= tolerance).mean())
+
+
+def newest_sidecar(outputs: Path) -> dict:
+    newest = max(outputs.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(newest.read_text())
+
+
+# --- the stories ---------------------------------------------------------------------------------------
+
+def test_scribble_generate_gallery_and_reopen(page, server) -> None:
+    url, outputs = server
+    open_app(page, url, "")  # Scribble to Art is the default page (its URL is the root)
+    page.locator("canvas.dc-canvas").first.wait_for()
+    type_into(page, "Prompt", "green trees and a small house in a field of flowers")
+
+    pick(page, "scribble", "Rect", "green")
+    drag(page, [(20, 290), (430, 430)])  # the field
+    pick(page, "scribble", "Circle", "red")
+    drag(page, [(280, 80), (360, 80)])  # a sun
+    pick(page, "scribble", "Brush", "blue")
+    drag(page, [(40, 60), (120, 40), (200, 70), (260, 50)])  # sky strokes
+    canvas = pixels(page, "canvas.dc-canvas")
+    assert share_of(canvas, GREEN) > 0.15 and share_of(canvas, RED) > 0.02 and share_of(canvas, BLUE) > 0.005
+
+    visible(page, ".st-key-scribble-method").click()
+    page.get_by_role("option", name="GradOP+ fast").click()
+    wait_idle(page)
+    open_expander(page, "More settings")
+    set_slider(page, "scribble-steps", 2)  # 3 steps: it is a tiny random model
+    generate_and_wait(page, "scribble")
+    assert page.locator(".st-key-scribble-generate").get_by_text("Generate").count() == 1
+    shot(page, "scribble")
+
+    meta = newest_sidecar(outputs)
+    assert meta["page"] == "scribble" and meta["kind"] == "stroke" and meta["recipe"]["request"]["method"] == "gradop+"
+    drawing = meta["ui"]["canvas"]["drawing"]
+    assert [o["type"].lower() for o in drawing["objects"]] == ["rect", "circle", "path"]
+    check_json_renderer_matches_the_browser(meta)
+
+    page.get_by_role("link", name="Gallery").click()
+    page.get_by_role("heading", name="Gallery").wait_for()
+    wait_idle(page)
+    visible(page, "[class*='st-key-gallery-view'] button").click()
+    wait_idle(page)
+    shot(page, "gallery")
+    visible(page, ".st-key-gallery-open button").click()
+    page.get_by_text("Opened from the gallery").wait_for(timeout=30_000)
+    wait_idle(page, settle=1.0)
+    assert page.get_by_label("Prompt", exact=True).input_value() == "green trees and a small house in a field of flowers"
+    canvas = pixels(page, "canvas.dc-canvas")  # the drawing is back on the canvas
+    assert share_of(canvas, GREEN) > 0.15 and share_of(canvas, RED) > 0.02
+    shot(page, "scribble-reopened")
+
+
+def check_json_renderer_matches_the_browser(meta: dict) -> None:
+    """The app's fallback renderer of Fabric JSON agrees with the browser's own raster."""
+    from studio_ui.canvas import compose, render_drawing, unb64
+
+    canvas = meta["ui"]["canvas"]
+    width, height = canvas["dims"]
+    raster = np.asarray(Image.open(__import__("io").BytesIO(unb64(canvas["raster_png"]))).convert("RGBA"))
+    browser = np.asarray(compose(raster, width, height)).astype(int)
+    ours = np.asarray(render_drawing(canvas["drawing"], width, height)).astype(int)
+    agree = (np.abs(browser - ours).max(-1) <= 40).mean()
+    assert agree > 0.97, f"only {agree:.1%} of pixels agree"
+
+
+def test_region_map_generate_gallery_and_reopen(page, server) -> None:
+    url, outputs = server
+    open_app(page, url, "regions")
+    page.locator("canvas.dc-canvas").first.wait_for()
+    type_into(page, "Background prompt", "a watercolor of a lake at night")
+    pick(page, "regions", "Rect", "green")
+    drag(page, [(10, 190), (440, 290)])  # lower half
+    pick(page, "regions", "Circle", "red")
+    drag(page, [(60, 70), (160, 70)])
+    table_rows(page, "regions-table", 2)
+    page.get_by_text("No prompt for").first.wait_for()
+    edit_cell(page, "regions-table", 0, PROMPT_COLUMN, "a field of flowers")
+    edit_cell(page, "regions-table", 1, PROMPT_COLUMN, "a red sun")
+    wait_idle(page)
+    assert page.get_by_text("No prompt for").count() == 0
+
+    open_expander(page, "Steps and guidance")
+    set_slider(page, "regions-steps", 1)
+    generate_and_wait(page, "regions")
+    shot(page, "regions")
+    meta = newest_sidecar(outputs)
+    assert meta["page"] == "regions" and meta["kind"] == "regions"
+    assert sorted(r["prompt"] for r in meta["recipe"]["request"]["regions"]) == ["a field of flowers", "a red sun"]
+
+    page.get_by_role("link", name="Gallery").click()
+    page.get_by_role("heading", name="Gallery").wait_for()
+    wait_idle(page)
+    visible(page, "[class*='st-key-gallery-view'] button").click()  # newest first: the regions image
+    wait_idle(page)
+    visible(page, ".st-key-gallery-open button").click()
+    page.get_by_text("Opened from the gallery").wait_for(timeout=30_000)
+    wait_idle(page, settle=1.0)
+    assert page.get_by_role("heading", name="Region Painter").count() == 1
+    assert page.get_by_label("Background prompt", exact=True).input_value() == "a watercolor of a lake at night"
+    assert page.get_by_text("No prompt for").count() == 0  # the table's prompts are back
+    canvas = pixels(page, "canvas.dc-canvas")
+    assert share_of(canvas, GREEN) > 0.15 and share_of(canvas, RED) > 0.02
+
+
+def test_panorama_with_an_uploaded_region_map(page, server, tmp_path: Path) -> None:
+    url, outputs = server
+    region_map = Image.new("RGB", (400, 100), "white")
+    region_map.paste(BLUE, (0, 0, 400, 40))
+    region_map.save(tmp_path / "map.png")
+    open_app(page, url, "panorama")
+    type_into(page, "Prompt", "a watercolor of a lake at night with a white moon")
+    visible(page, ".st-key-panorama-use_map label").click()
+    wait_idle(page)
+    page.locator("input[type=file]").first.set_input_files(str(tmp_path / "map.png"))
+    table_rows(page, "panorama-table", 1)
+    page.get_by_text("No prompt for").first.wait_for()
+    edit_cell(page, "panorama-table", 0, PROMPT_COLUMN, "a white moon")
+    open_expander(page, "Steps and guidance")
+
+    thumb = page.locator(".st-key-panorama-steps input[type=range]").first
+    thumb.focus()
+    thumb.press("End")  # 100 steps: a long one, to cancel while it runs
+    wait_idle(page)
+    visible(page, ".st-key-panorama-generate button").click()
+    page.get_by_text("Live preview").first.wait_for(timeout=60_000)
+    shot(page, "panorama-progress")  # progress bar, live preview and Cancel
+    visible(page, ".st-key-panorama-cancel button").click()
+    page.get_by_text("Cancelled.").wait_for(timeout=60_000)
+    wait_idle(page)
+    assert not list(outputs.glob("*panorama*.png"))  # nothing saved
+
+    set_slider(page, "panorama-steps", 1)
+    generate_and_wait(page, "panorama")
+    shot(page, "panorama")
+    meta = newest_sidecar(outputs)
+    assert meta["page"] == "panorama" and meta["size"] == [128, 64]
+    assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a white moon"]
