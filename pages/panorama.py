@@ -6,7 +6,7 @@ from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64
 from studio_ui.methods import RegionSettings, RegionSpec, panorama_available, panorama_request
-from studio_ui.restore import sidebar_state
+from studio_ui.restore import ui_state
 
 PAGE = "panorama"
 ss = st.session_state
@@ -80,9 +80,7 @@ with left:
         except StudioError as exc:
             ss[f"{PAGE}.message"] = ("error", str(exc))
         else:
-            ui = {"page": PAGE, "seed": int(ss["seed"]), "sidebar": sidebar_state(),
-                  "settings": {k: ss.get(f"{PAGE}.{k}") for k in SETTINGS},
-                  "images": {"map_png": b64(ss.get(f"{PAGE}.map_png"))}, "rows": dict(ss.get(f"{PAGE}.rows") or {})}
+            ui = ui_state(PAGE, SETTINGS, images={"map_png": b64(ss.get(f"{PAGE}.map_png"))})
             shared.submit(PAGE, engine, request, title=settings.background_prompt or "panorama", ui=ui)
         st.rerun()
 

@@ -8,7 +8,7 @@ from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
 from studio_ui.colors import region_label_image
 from studio_ui.methods import RegionSettings, RegionSpec, region_request, regions_available
-from studio_ui.restore import sidebar_state
+from studio_ui.restore import canvas_state, ui_state
 
 PAGE = "regions"
 ss = st.session_state
@@ -112,15 +112,10 @@ with right:
         except StudioError as exc:
             ss[f"{PAGE}.message"] = ("error", str(exc))
         else:
-            raster = ss.get(f"{PAGE}.raster")
-            ui = {"page": PAGE, "seed": int(ss["seed"]), "sidebar": sidebar_state(),
-                  "settings": {k: ss.get(f"{PAGE}.{k}") for k in SETTINGS},
-                  "canvas": None if drawing is None else {
-                      "drawing": drawing, "dims": [cw, ch], "background_png": b64(ss.get(f"{PAGE}.bg")),
-                      "raster_png": b64(raster[1]) if raster else None},
-                  "images": {"map_png": b64(ss.get(f"{PAGE}.map_png"))} if drawing is None else {},
-                  "rows": dict(ss.get(f"{PAGE}.rows") or {}),
-                  "region_map_png": b64(png_bytes(region_map))}
+            ui = ui_state(PAGE, SETTINGS,
+                          canvas=None if drawing is None else canvas_state(PAGE, drawing, (cw, ch)),
+                          images={"map_png": b64(ss.get(f"{PAGE}.map_png"))} if drawing is None else {},
+                          region_map_png=b64(png_bytes(region_map)))
             title = settings.background_prompt or ", ".join(r.prompt for r in settings.regions if r.prompt)
             shared.submit(PAGE, engine, request, title=title or "regions", ui=ui)
         st.rerun()

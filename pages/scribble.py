@@ -7,7 +7,7 @@ from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
 from studio_ui.methods import (METHOD_HELP, ScribbleSettings, available_scribble_methods, missing_region_words,
                                scribble_request, stroke_module)
-from studio_ui.restore import sidebar_state
+from studio_ui.restore import canvas_state, ui_state
 
 PAGE = "scribble"
 ss = st.session_state
@@ -105,13 +105,8 @@ with right:
         except StudioError as exc:
             ss[f"{PAGE}.message"] = ("error", str(exc))
         else:
-            raster = ss.get(f"{PAGE}.raster")
-            ui = {"page": PAGE, "seed": int(ss["seed"]), "sidebar": sidebar_state(),
-                  "settings": {k: ss.get(f"{PAGE}.{k}") for k in SETTINGS},
-                  "canvas": {"drawing": drawing, "dims": [cw, ch], "background_png": b64(ss.get(f"{PAGE}.bg")),
-                             "raster_png": b64(raster[1]) if raster else None,
-                             "scribble_png": b64(png_bytes(scribble))},
-                  "rows": dict(ss.get(f"{PAGE}.rows") or {})}
+            ui = ui_state(PAGE, SETTINGS, canvas=canvas_state(PAGE, drawing, (cw, ch),
+                                                              scribble_png=b64(png_bytes(scribble))))
             shared.submit(PAGE, engine, request, title=settings.prompt, ui=ui)
             ss[f"{PAGE}.note"] = "The canvas is empty, so this one is made from the prompt alone." if blank else None
         st.rerun()

@@ -12,7 +12,7 @@ import streamlit as st
 
 from core.loading import available_models
 
-from .canvas import unb64
+from .canvas import b64, unb64
 from .gallery import GalleryItem
 from .widgets import reload_canvas, set_rows
 
@@ -24,6 +24,21 @@ def sidebar_state() -> dict[str, Any]:
     """The sidebar's model choice, saved with each result."""
     return {k: ss.get(f"sb.{k}") for k in ("model", "model_path", "device", "dtype", "attention_slicing",
                                            "vae_tiling", "cpu_offload")}
+
+
+def ui_state(page: str, settings: tuple[str, ...], **parts: Any) -> dict[str, Any]:
+    """What a page saves with a job so the gallery can reopen it: seed, sidebar, the page's
+    ``settings`` keys and table rows, plus ``parts`` (canvas, images, ...)."""
+    return {"page": page, "seed": int(ss["seed"]), "sidebar": sidebar_state(),
+            "settings": {k: ss.get(f"{page}.{k}") for k in settings},
+            "rows": dict(ss.get(f"{page}.rows") or {}), **parts}
+
+
+def canvas_state(page: str, drawing: Any, dims: tuple[int, int], **extra: Any) -> dict[str, Any]:
+    """The canvas part of :func:`ui_state`: the drawing, its size, background and raster."""
+    raster = ss.get(f"{page}.raster")
+    return {"drawing": drawing, "dims": list(dims), "background_png": b64(ss.get(f"{page}.bg")),
+            "raster_png": b64(raster[1]) if raster else None, **extra}
 
 
 def restore(item: GalleryItem) -> str | None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,38 +16,13 @@ from core.recipe import make_recipe, request_from_recipe
 from core.region_fusion import FusionPath, RegionFusion, fusion_weight_sum
 from core.region_map import Region
 from core.requests import GenerationRequest
-from core.sampling import alpha_bar, denoise
+from core.sampling import denoise
 from core.tiny_model import build_tiny_sd
 
-C = 4  # latent channels
+from analytic import C, analytic_model, constants_table, ddim
+
 VALUES = [[0.5, -0.2, 0.1, 0.9]]
 
-
-def ddim(steps: int) -> Any:
-    """SD's schedule, ending at abar = 1 so the last step lands on the x0 prediction."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                              clip_sample=False, set_alpha_to_one=True)
-    scheduler.set_timesteps(steps)
-    return scheduler
-
-
-def analytic_model(scheduler):
-    """Exact eps for a point mass at the constant held in the embedding: (z - sqrt(abar) c) / sqrt(1 - abar)."""
-
-    def model_fn(z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        c = emb[:, 0, :C][:, :, None, None].double()
-        abar = alpha_bar(scheduler, t).double()
-        return ((z.double() - abar.sqrt() * c) / (1 - abar).sqrt()).to(z.dtype)
-
-    return model_fn
-
-
-def constants_table(values: list[list[float]]) -> torch.Tensor:
-    table = torch.zeros(len(values), 2, 8)
-    table[:, 0, :C] = torch.tensor(values)
-    return table
 
 SKIP_SLOW = pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="slow: set RUN_SLOW=1")
 
