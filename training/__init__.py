@@ -7,3 +7,5 @@
   on any folder of captioned images and saves a diffusers folder.
 - :mod:`training.bench`: measures model size, training and sampling speed of a preset.
 """
+
+from core import _compat  # noqa: F401,E402  (quiets a harmless transformers import warning)
