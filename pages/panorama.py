@@ -66,9 +66,7 @@ with left:
         st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session")
 
     busy = shared.active_job(PAGE) is not None
-    if st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
-                 disabled=busy or engine is None or not panorama_available(), width="stretch",
-                 key=f"{PAGE}.generate"):
+    if shared.generate_button(PAGE, engine, panorama_available()):
         settings = RegionSettings(
             background_prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"],
             regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],

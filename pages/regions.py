@@ -95,9 +95,7 @@ with right:
     st.caption(f"Output: {out_w}×{out_h} px")
 
     busy = shared.active_job(PAGE) is not None
-    if st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
-                 disabled=busy or engine is None or not regions_available(), width="stretch",
-                 key=f"{PAGE}.generate"):
+    if shared.generate_button(PAGE, engine, regions_available()):
         settings = RegionSettings(
             background_prompt=ss[f"{PAGE}.background"], negative_prompt=ss[f"{PAGE}.negative"],
             regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],

@@ -92,8 +92,7 @@ with right:
                   help="How strongly the prompt is followed.")
 
     busy = shared.active_job(PAGE) is not None
-    if st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
-                 disabled=busy or engine is None, width="stretch", key=f"{PAGE}.generate"):
+    if shared.generate_button(PAGE, engine):
         blank = widgets.canvas_is_blank(PAGE)
         settings = ScribbleSettings(
             prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"], steps=int(ss[f"{PAGE}.steps"]),

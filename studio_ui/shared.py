@@ -263,6 +263,13 @@ def submit(page: str, engine: Engine, request: Any, *, title: str, ui: dict[str,
     ss[f"{page}.message"] = None
 
 
+def generate_button(page: str, engine: Any, available: bool = True) -> bool:
+    """The page's Generate button, disabled while its job runs or without a model."""
+    busy = active_job(page) is not None
+    return st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
+                     disabled=busy or engine is None or not available, width="stretch", key=f"{page}.generate")
+
+
 def active_job(page: str):
     job = get_queue().get(ss.get(f"{page}.job"))
     return job if job is not None and not job.done else None
