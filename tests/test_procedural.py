@@ -114,10 +114,18 @@ def test_scribble_top_is_sky_and_region_map_matches() -> None:
         for kind in ("mountains", "house", "tree", "boat", "sun", "moon"):
             if P.LABEL_IDS[kind] in names:
                 assert scene.has(kind)
-        for label, colour in colours.items():
+        assert len(set(colours.values())) == len(colours)  # distinct: a painted map keeps every region
+        earlier: list[tuple[int, ...]] = []
+        for label in sorted(colours):
             region = scribble[labels == label]
             values, counts = np.unique(region, axis=0, return_counts=True)
-            assert tuple(values[counts.argmax()]) == colour, (scene.seed, names[label])
+            main = tuple(int(v) for v in values[counts.argmax()])
+            shift = max(abs(a - b) for a, b in zip(main, colours[label]))
+            # its scribble colour, or a near shade of it when an earlier region's colour is close
+            assert shift == 0 or any(max(abs(a - b) for a, b in zip(main, c)) < 24 for c in earlier), \
+                (scene.seed, names[label])
+            assert shift <= 64, (scene.seed, names[label])
+            earlier.append(colours[label])
 
 
 def test_water_label_present_when_scene_has_water() -> None:

@@ -855,8 +855,20 @@ def render_region_map(scene: Scene, size: int = 256
     present = [int(v) for v in np.unique(labels)]
     id_to_kind = {v: k for k, v in LABEL_IDS.items()}
     names = {lab: region_name(scene, id_to_kind[lab]) for lab in present}
-    colours = {lab: _main_colour(scene, id_to_kind[lab]) for lab in present}
+    colours: dict[int, RGB] = {}
+    for lab in present:  # objects may share a colour word; a painted map needs distinct colours
+        colours[lab] = _distinct(_main_colour(scene, id_to_kind[lab]), list(colours.values()))
     return labels.astype(np.int32), names, colours
+
+
+def _distinct(colour: RGB, taken: list[RGB], gap: int = 24) -> RGB:
+    """``colour``, or the nearest shade of it at least ``gap`` away (max channel) from ``taken``."""
+    for k in range(0, 256, 8):
+        for sign in (1, -1):
+            candidate = tuple(int(np.clip(v + sign * k, 0, 255)) for v in colour)
+            if all(max(abs(a - b) for a, b in zip(candidate, t)) >= gap for t in taken):
+                return candidate  # type: ignore[return-value]
+    return colour
 
 
 def _main_colour(scene: Scene, kind: str) -> RGB:
