@@ -133,6 +133,27 @@ def test_vae_from_reuses_a_trained_vae(dataset: Path, trained: Path, tmp_path: P
     assert list((trained / "checkpoints" / "samples").glob("vae-*.png"))  # stage A previews
 
 
+def test_decoder_stage_trains_the_decoder_only_and_is_reused_on_resume(dataset: Path, trained: Path,
+                                                                       tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out, ckpt = tmp_path / "decoded", tmp_path / "ckpt"
+    args = ["--data", str(dataset), "--out", str(out), "--checkpoint-dir", str(ckpt), "--vae-from", str(trained),
+            "--steps", "1", "--decoder-steps", "2", "--decoder-lr", "1e-3", *MICRO]
+    train.main(args)
+    part = "vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(trained / part)), load_file(str(out / part))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    log = [json.loads(x) for x in (ckpt / "log.jsonl").read_text().splitlines()]
+    assert any(x.get("stage") == "decoder" and "preview_l1" in x for x in log)
+    train.main([*args, "--resume"])  # the finished stage C is reused, not run again
+    log_again = [json.loads(x) for x in (ckpt / "log.jsonl").read_text().splitlines()]
+    assert sum(x.get("stage") == "decoder" for x in log_again) == sum(x.get("stage") == "decoder" for x in log)
+    again = load_file(str(out / part))
+    assert all(torch.equal(after[k], again[k]) for k in after)
+
+
 def test_optimizer_state_round_trips_through_safetensors() -> None:
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

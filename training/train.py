@@ -12,6 +12,9 @@ B. A CLIP BPE tokenizer trained on the captions, then a small ``CLIPTextModel`` 
    ``UNet2DConditionModel`` trained jointly on the cached latents: epsilon prediction
    under SD's noise schedule, 10% caption dropout (for classifier-free guidance),
    min-SNR loss weighting, AdamW, warm-up + cosine (or constant) learning rate, EMA.
+C. Optionally (``--decoder-steps``), the VAE decoder alone on whole images from the cached
+   latents: stage A's crops leave colour casts on whole images; the encoder, so the
+   latent space the UNet learnt, stays as it is.
 
 At the end ``OUT`` holds a diffusers folder (safetensors only) that
 ``StableDiffusionPipeline.from_pretrained(OUT)`` loads. Checkpoints, the latent cache,
@@ -83,6 +86,10 @@ class TrainConfig:
     vae_crop: int = 96  # train on random crops this big (the VAE is fully convolutional)
     vae_kl_weight: float = 1e-5  # on the KL summed per image / pixel values per image
     vae_edge_weight: float = 0.5  # L1 between Sobel gradients (a cheap perceptual term)
+    # stage C: the decoder alone, on whole images (crops in stage A)
+    decoder_steps: int = 0
+    decoder_batch_size: int = 4
+    decoder_lr: float = 1e-4
     # run control
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -145,7 +152,7 @@ def set_seed(seed: int) -> None:
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     """The random stream of one training step: a function of (seed, stage, step) only."""
-    offset = {"vae": 1, "unet": 2, "sample": 3}[stage]
+    offset = {"vae": 1, "unet": 2, "sample": 3, "decoder": 4}[stage]
     return torch.Generator().manual_seed((seed * 1_000_003 + offset) * 10_000_019 + step)
 
 
@@ -334,6 +341,54 @@ def cached_latents(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, reco
     cfg.checkpoints.mkdir(parents=True, exist_ok=True)
     save_file({"mean": cache.mean, "std": cache.std}, str(path))
     return cache
+
+
+# --------------------------------------------------------------------------- stage C
+
+
+def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, cache: LatentCache,
+                     device: torch.device, amp: torch.dtype | None, logger: JsonLog) -> AutoencoderKL:
+    """Stage C: train the decoder alone on whole images from the cached latents.
+
+    Stage A sees crops; whole images fix the colour casts and borders that leaves, and the
+    encoder (so the latent space the UNet learnt) does not change. A finished stage C is
+    kept in ``checkpoints/vae-decoder`` and reused on resume; an interrupted one reruns.
+    """
+    folder = cfg.checkpoints / "vae-decoder"
+    if cfg.decoder_steps <= 0:
+        return vae
+    if (folder / "config.json").exists():
+        return AutoencoderKL.from_pretrained(folder, use_safetensors=True).to(device).eval().requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    vae.requires_grad_(False).eval()
+    vae.decoder.train()
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    sampler = EpochSampler(len(store), cfg.decoder_batch_size, cfg.seed + 3)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    t0 = time.perf_counter()
+    for step in tqdm(range(cfg.decoder_steps), desc="decoder", unit="step", disable=not cfg.progress):
+        g = step_generator(cfg.seed, "decoder", step)
+        idx = sampler.indices(step)
+        mean, std = cache.mean[idx].float(), cache.std[idx].float()
+        z = (mean + std * torch.randn(mean.shape, generator=g)).to(device)
+        x = store.batch(idx).to(device)
+        set_lr(optimizer, lr_at(step, cfg.decoder_steps, cfg.decoder_lr, min(50, cfg.decoder_steps // 10), "cosine"))
+        with autocast(device, amp):
+            rec = vae.decode(z).sample.float()
+        l1 = (rec - x).abs().mean()
+        edge = (sobel_edges(rec) - sobel_edges(x)).abs().mean()
+        loss = l1 + cfg.vae_edge_weight * edge
+        _backward_step(loss, optimizer, params, cfg.grad_clip, scaler)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.decoder_steps:
+            logger.write(stage="decoder", step=step + 1, loss=loss.item(), l1=l1.item(), edge=edge.item(),
+                         steps_per_s=(step + 1) / (time.perf_counter() - t0))
+    vae.eval().requires_grad_(False)
+    val_l1 = vae_preview(vae, store, cfg.checkpoints / "samples" / f"decoder-{cfg.decoder_steps:07d}.png", device)
+    logger.write(stage="decoder", step=cfg.decoder_steps, preview_l1=val_l1)
+    vae.save_pretrained(folder, safe_serialization=True)
+    return vae
 
 
 # --------------------------------------------------------------------------- stage B
@@ -585,6 +640,7 @@ def train(cfg: TrainConfig) -> Path:
     cache.ids = tokenize(parts.tokenizer, texts)
     prompts = texts[: cfg.samples]
     stats = train_unet(cfg, parts, cache, resume, device, amp, logger, prompts)
+    parts.vae = finetune_decoder(cfg, parts.vae, store, cache, device, amp, logger)
     model_config = parts.model_config.to_dict() if parts.model_config else None
     info = {"config": cfg.to_json(), "model_config": model_config,
             "images": len(records), "scaling_factor": float(parts.vae.config.scaling_factor),
@@ -631,6 +687,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-crop", type=int, default=96)
     p.add_argument("--vae-kl-weight", type=float, default=1e-5)
     p.add_argument("--vae-edge-weight", type=float, default=0.5)
+    p.add_argument("--decoder-steps", type=int, default=0,
+                   help="stage C: decoder-only steps on whole images after the UNet (0: none)")
+    p.add_argument("--decoder-batch-size", type=int, default=4)
+    p.add_argument("--decoder-lr", type=float, default=1e-4)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--checkpoint-dir", type=Path, default=None,
