@@ -1,0 +1,63 @@
+"""The bundled demo model on this machine: size on disk and seconds per 256x256 image.
+
+    python -m bench.bench_demo [--threads 2] [--repeats 5]
+
+One 256x256 image, 20 steps, classifier-free guidance 7.5 (two UNet rows per step), through
+the studio engine (what the app and CLI run) and through diffusers' StableDiffusionPipeline
+alone, timed side by side (median after a warm-up). Target: at most 5 s on a 2-core CPU.
+Writes bench/results/demo.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from bench.common import time_side_by_side, write_results
+from core.engine import Engine
+from core.loading import DEFAULT_MODEL_NAME, models_dir
+from core.requests import GenerationRequest
+
+PROMPT = "an oil painting of a red sun over purple mountains at sunset"
+SIZE, STEPS, GUIDANCE = 256, 20, 7.5
+
+
+def folder_megabytes(folder) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    folder = models_dir() / DEFAULT_MODEL_NAME
+    engine = Engine.load(model=str(folder), device="cpu")
+    pipe = StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    request = GenerationRequest(prompt=PROMPT, width=SIZE, height=SIZE, steps=STEPS, guidance_scale=GUIDANCE, seed=0)
+    times = time_side_by_side({
+        "engine": lambda: engine.generate(request),
+        "diffusers": lambda: pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+                                  guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(0)),
+    }, args.repeats)
+    data = {"model": str(folder), "megabytes": round(folder_megabytes(folder), 2), "size": SIZE, "steps": STEPS,
+            "guidance": GUIDANCE, "threads": args.threads, "repeats": args.repeats,
+            "seconds": {k: round(v, 3) for k, v in times.items()}, "target_s": 5.0,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
+    table = "\n".join([
+        "| model | MB on disk | image | steps, CFG | engine (s) | diffusers alone (s) | target |",
+        "|---|---|---|---|---|---|---|",
+        f"| {DEFAULT_MODEL_NAME} | {data['megabytes']} | {SIZE}x{SIZE} | {STEPS}, {GUIDANCE} | "
+        f"{times['engine']:.2f} | {times['diffusers']:.2f} | <= 5 s |",
+    ])
+    write_results("demo", data, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
