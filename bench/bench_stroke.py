@@ -267,6 +267,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared CPU)")
+    parser.add_argument("--name", default="stroke", help="results file name under bench/results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -296,9 +297,13 @@ def main() -> None:
             "unit_cpu_seconds": costs, "decoder_over_unet_step": costs["decoder"] / costs["unet_cfg_step"],
             "decoder_fwd_bwd_over_unet_step": costs["decoder_fwd_bwd"] / costs["unet_cfg_step"],
             "sd15_tflop": SD15_TFLOP, "bench_wall_seconds": time.perf_counter() - started}
-    notes = ("Notes: random weights. The tiny model's images span a narrow colour range, so its faithfulness "
-             "differences are small; its VAE encoder does not invert its decoder, so SDEdit (which encodes the "
-             "scribble) is not meaningful in the prior study. GradOP uses strength 0.5, 40 Adam steps, gamma 0.001.")
+    if args.model:
+        notes = ("Notes: a trained model; the scribble is a blurred sample of the same model (reachable colours). "
+                 "GradOP uses strength 0.5, 40 Adam steps, gamma 0.001.")
+    else:
+        notes = ("Notes: random weights. The tiny model's images span a narrow colour range, so its faithfulness "
+                 "differences are small; its VAE encoder does not invert its decoder, so SDEdit (which encodes the "
+                 "scribble) is not meaningful in the prior study. GradOP uses strength 0.5, 40 Adam steps, gamma 0.001.")
     summary = (f"Targets: GradOP+ fast costs {fast_cost:.2f}x text-to-image here "
                f"({sd15_ratio('GradOP+ fast', args.steps):.2f}x estimated on SD 1.5; target <= 1.15x). Its "
                f"faithfulness is {fast_prior / dec_prior:.2f}x the decoder mode's in the prior study and "
@@ -314,7 +319,7 @@ def main() -> None:
     text = "\n\n".join([units, main_table(rows, prior, args.steps),
                         "Sweep of GradOP+ iterative steps N (12 Adam steps each):",
                         sweep_table(sweep, prior_sweep, args.steps), notes, summary])
-    write_results("stroke", {"meta": meta, "methods": rows, "sweep": sweep, "prior_methods": prior,
+    write_results(args.name, {"meta": meta, "methods": rows, "sweep": sweep, "prior_methods": prior,
                              "prior_sweep": prior_sweep, "summary": summary}, text)
     print(text)
 
