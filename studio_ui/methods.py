@@ -18,7 +18,8 @@ from core.requests import GenerationRequest
 SCRIBBLE_METHODS = ("GradOP+", "GradOP+ fast", "GradOP", "SDEdit")
 METHOD_HELP = {
     "GradOP+": "Gradient-optimised stroke guidance (Singh et al., CVPR 2023): realistic and faithful to your colours.",
-    "GradOP+ fast": "GradOP+ with a fast latent-space loss: nearly as faithful, several times quicker.",
+    "GradOP+ fast": ("GradOP+ with a fast latent-space loss: several times quicker. Nearly as faithful on "
+                     "Stable Diffusion; much less on the bundled demo model, whose VAE is not close to linear."),
     "GradOP": "GradOP without the '+' refinement.",
     "SDEdit": "Plain img2img (Meng et al. 2022): noise the scribble, then denoise. Fast baseline.",
 }
