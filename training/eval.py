@@ -47,7 +47,7 @@ from core.requests import GenerationRequest
 from core.vae_codec import decode_latents, encode_image, require_multiple_of
 
 from . import procedural as P
-from .make_dataset import item_seed
+from .make_dataset import item_scene
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,6 @@ Progress = Callable[[str], None]
 
 
 # -------------------------------------------------------------------------------- data
-
-
-def scene_item(seed: int, index: int, styles: Sequence[str] = P.STYLES) -> tuple[P.Scene, str, str]:
-    """(scene, style, caption) of item ``index`` of a dataset made with ``seed``: the same
-    draws as :func:`training.make_dataset.make_item`."""
-    scene_seed = item_seed(seed, index)
-    rng = np.random.default_rng([scene_seed, 1])
-    scene = P.sample_scene(scene_seed)
-    style = P.normalise_style(styles[int(rng.integers(len(styles)))])
-    return scene, style, P.caption(scene, style, rng)
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -101,7 +91,7 @@ def render_set(seed: int, count: int, size: int, resize_to: int | None = None
     objects = np.empty((count, len(OBJECTS)), bool)
     captions = []
     for i in range(count):
-        scene, style, text = scene_item(seed, i)
+        scene, style, text = item_scene(seed, i)
         img = P.render_painting(scene, size, style)
         images[i] = img if side == size else resize(img[None], side)[0]
         labels = P.scene_labels(scene, style)

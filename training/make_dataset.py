@@ -57,22 +57,28 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def make_item(config: DatasetConfig, index: int) -> dict:
-    """Render item ``index`` and write its files; returns its metadata line."""
-    scene_seed = item_seed(config.seed, index)
+def item_scene(seed: int, index: int, styles: Sequence[str] = P.STYLES) -> tuple[P.Scene, str, str]:
+    """(scene, style, caption) of item ``index`` of a dataset made with ``seed``."""
+    scene_seed = item_seed(seed, index)
     rng = np.random.default_rng([scene_seed, 1])
     scene = P.sample_scene(scene_seed)
-    style = P.normalise_style(config.styles[int(rng.integers(len(config.styles)))])
+    style = P.normalise_style(styles[int(rng.integers(len(styles)))])
+    return scene, style, P.caption(scene, style, rng)
+
+
+def make_item(config: DatasetConfig, index: int) -> dict:
+    """Render item ``index`` and write its files; returns its metadata line."""
+    scene, style, text = item_scene(config.seed, index, config.styles)
     name = f"{index:06d}.png"
     _write_png(config.out / name, P.render_painting(scene, config.size, style))
     line = {
         "file_name": name,
-        "text": P.caption(scene, style, rng),
+        "text": text,
         "style": style,
         "time": scene.time,
         "objects": P.scene_object_names(scene),
         "labels": P.scene_labels(scene, style)["objects"],
-        "seed": scene_seed,
+        "seed": scene.seed,
     }
     if config.with_scribbles:
         _write_png(config.out / "scribbles" / name, P.render_scribble(scene, config.size))

@@ -233,17 +233,22 @@ def random_crop(x: torch.Tensor, crop: int, g: torch.Generator) -> torch.Tensor:
 # --------------------------------------------------------------------------- stage A
 
 
-def vae_loss(vae: AutoencoderKL, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 + edge L1 reconstruction + KL (per image sum / number of pixel values)."""
-    posterior = vae.encode(x).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(x.device)
-    rec = vae.decode(z).sample.float()
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, edge_weight: float
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + ``edge_weight`` * L1 between Sobel gradients (stages A and C)."""
     l1 = (rec - x).abs().mean()
     edge = (sobel_edges(rec) - sobel_edges(x)).abs().mean()
+    return l1 + edge_weight * edge, {"l1": l1.item(), "edge": edge.item()}
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction + KL (per image sum / number of pixel values)."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(x.device)
+    loss, parts = reconstruction_loss(vae.decode(z).sample.float(), x, cfg.vae_edge_weight)
     kl = posterior.kl().float().mean() / x[0].numel()
-    loss = l1 + cfg.vae_edge_weight * edge + cfg.vae_kl_weight * kl
-    return loss, {"l1": l1.item(), "edge": edge.item(), "kl": kl.item()}
+    return loss + cfg.vae_kl_weight * kl, {**parts, "kl": kl.item()}
 
 
 def train_vae(cfg: TrainConfig, model_cfg: ModelConfig, store: ImageStore, resume: CheckpointRef | None,
@@ -377,12 +382,10 @@ def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, ca
         set_lr(optimizer, lr_at(step, cfg.decoder_steps, cfg.decoder_lr, min(50, cfg.decoder_steps // 10), "cosine"))
         with autocast(device, amp):
             rec = vae.decode(z).sample.float()
-        l1 = (rec - x).abs().mean()
-        edge = (sobel_edges(rec) - sobel_edges(x)).abs().mean()
-        loss = l1 + cfg.vae_edge_weight * edge
+        loss, parts = reconstruction_loss(rec, x, cfg.vae_edge_weight)
         _backward_step(loss, optimizer, params, cfg.grad_clip, scaler)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.decoder_steps:
-            logger.write(stage="decoder", step=step + 1, loss=loss.item(), l1=l1.item(), edge=edge.item(),
+            logger.write(stage="decoder", step=step + 1, loss=loss.item(), **parts,
                          steps_per_s=(step + 1) / (time.perf_counter() - t0))
     vae.eval().requires_grad_(False)
     val_l1 = vae_preview(vae, store, cfg.checkpoints / "samples" / f"decoder-{cfg.decoder_steps:07d}.png", device)
