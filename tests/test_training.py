@@ -119,6 +119,8 @@ def test_init_from_fine_tunes_an_sd_folder(dataset: Path, trained: Path, tmp_pat
     assert all(torch.equal(te_a[k], te_b[k]) for k in te_a)  # frozen by default
     unet_a, unet_b = pipe.unet.state_dict(), base.unet.state_dict()
     assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)
+    config = json.loads((out / "training_args.json").read_text())["config"]
+    assert config["noise_offset"] == 0.0  # no offset noise when fine-tuning unless asked
 
 
 def test_vae_from_reuses_a_trained_vae(dataset: Path, trained: Path, tmp_path: Path) -> None:
@@ -186,3 +188,38 @@ def test_lr_schedule() -> None:
     assert train.lr_at(10, 100, 1.0, 10, "cosine") == pytest.approx(1.0)
     assert train.lr_at(100, 100, 1.0, 10, "cosine") == pytest.approx(0.1)
     assert train.lr_at(50, 100, 1.0, 10, "constant") == 1.0
+
+
+def _unet_inputs(offset: float) -> dict[str, torch.Tensor]:
+    cfg = train.TrainConfig(data=Path("."), out=Path("."), batch_size=64, noise_offset=offset)
+    mean = torch.zeros(64, 4, 8, 8, dtype=torch.float16)
+    cache = train.LatentCache(mean=mean, std=torch.zeros_like(mean), ids=torch.zeros(64, 5, dtype=torch.long))
+    alphas = train.train_scheduler().alphas_cumprod.float()
+    return train.unet_batch(cfg, cache, torch.zeros(5, dtype=torch.long), EpochSampler(64, 64, 0), 1.0, alphas, 0)
+
+
+def test_noise_offset_adds_a_constant_per_image_and_channel() -> None:
+    plain, offset = _unet_inputs(0.0), _unet_inputs(0.5)
+    shift = offset["noise"] - plain["noise"]  # same generator draws, then the offset
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
+    assert 0.3 < float(shift[:, :, 0, 0].std()) < 0.7
+    assert torch.allclose(plain["noise"].mean(dim=(2, 3)).std(), torch.tensor(1 / 8), rtol=0.3)
+
+
+def test_mixed_precision_on_a_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert train.autocast_dtype(cpu, "auto") is None
+    assert train.autocast_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="bf16"):
+        train.autocast_dtype(cpu, "fp16")
+
+
+def test_bf16_training_on_a_cpu_saves_fp32_weights(dataset: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "bf16"
+    train.main(["--data", str(dataset), "--out", str(out), "--steps", "2", "--mixed-precision", "bf16", *MICRO])
+    weights = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    info = json.loads((out / "training_args.json").read_text())
+    assert info["mixed_precision"] == "torch.bfloat16" and info["config"]["noise_offset"] == 0.1
