@@ -5,7 +5,7 @@ import streamlit as st
 from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64
-from studio_ui.methods import RegionSettings, RegionSpec, panorama_available, panorama_request
+from studio_ui.methods import panorama_available, panorama_request
 from studio_ui.restore import ui_state
 
 PAGE = "panorama"
@@ -67,12 +67,8 @@ with left:
 
     busy = shared.active_job(PAGE) is not None
     if shared.generate_button(PAGE, engine, panorama_available()):
-        settings = RegionSettings(
-            background_prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"],
-            regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],
-            steps=int(ss[f"{PAGE}.steps"]), guidance_scale=float(ss[f"{PAGE}.guidance"]), seed=int(ss["seed"]),
-            num_images=int(ss[f"{PAGE}.variations"]), width=width, height=height, circular=circular,
-            window=shared.native_latent(engine))
+        settings = widgets.region_settings(PAGE, rows, background_key="prompt", width=width, height=height,
+                                           window=shared.native_latent(engine), circular=circular)
         try:
             request = panorama_request(settings, widgets.cleaned_map(PAGE, region_map) if region_map else None)
         except StudioError as exc:

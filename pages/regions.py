@@ -7,7 +7,7 @@ from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
 from studio_ui.colors import region_label_image
-from studio_ui.methods import RegionSettings, RegionSpec, region_request, regions_available
+from studio_ui.methods import region_request, regions_available
 from studio_ui.restore import canvas_state, ui_state
 
 PAGE = "regions"
@@ -96,12 +96,9 @@ with right:
 
     busy = shared.active_job(PAGE) is not None
     if shared.generate_button(PAGE, engine, regions_available()):
-        settings = RegionSettings(
-            background_prompt=ss[f"{PAGE}.background"], negative_prompt=ss[f"{PAGE}.negative"],
-            regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],
-            steps=int(ss[f"{PAGE}.steps"]), guidance_scale=float(ss[f"{PAGE}.guidance"]), seed=int(ss["seed"]),
-            num_images=int(ss[f"{PAGE}.variations"]), width=width, height=height,
-            width_multiplier=int(ss[f"{PAGE}.multiplier"]), window=shared.native_latent(engine),
+        settings = widgets.region_settings(
+            PAGE, rows, background_key="background", width=width, height=height,
+            window=shared.native_latent(engine), width_multiplier=int(ss[f"{PAGE}.multiplier"]),
             circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1)
         try:
             if region_map is None:

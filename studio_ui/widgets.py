@@ -13,6 +13,7 @@ from PIL import Image
 
 from .canvas import EMPTY_DRAWING, compose, image_from_bytes, object_count, png_bytes, render_drawing, scale_drawing
 from .colors import Region, extract_regions, flatten, readable_name, region_label_image, swatch_data_url, to_hex
+from .methods import RegionSettings, RegionSpec
 
 ss = st.session_state
 
@@ -306,3 +307,14 @@ def cleaned_map(page: str, image: Image.Image) -> Image.Image:
     regions = find_regions(f"{page}.all", image, ignore_white=False)
     cleaned = Image.fromarray(region_label_image(regions)) if regions else image.convert("RGB")
     return cleaned.resize(image.size, Image.NEAREST) if cleaned.size != image.size else cleaned
+
+
+def region_settings(page: str, rows: list[dict[str, Any]], *, background_key: str, width: int, height: int,
+                    window: int, **extra: Any) -> RegionSettings:
+    """The Regions or Panorama page's settings from its widgets' state and its prompt table."""
+    ss = st.session_state
+    return RegionSettings(
+        background_prompt=ss[f"{page}.{background_key}"], negative_prompt=ss[f"{page}.negative"],
+        regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],
+        steps=int(ss[f"{page}.steps"]), guidance_scale=float(ss[f"{page}.guidance"]), seed=int(ss["seed"]),
+        num_images=int(ss[f"{page}.variations"]), width=width, height=height, window=window, **extra)
