@@ -18,8 +18,9 @@ from core.requests import GenerationRequest
 SCRIBBLE_METHODS = ("GradOP+", "GradOP+ fast", "GradOP", "SDEdit")
 METHOD_HELP = {
     "GradOP+": "Gradient-optimised stroke guidance (Singh et al., CVPR 2023): realistic and faithful to your colours.",
-    "GradOP+ fast": ("GradOP+ with a fast latent-space loss: several times quicker. Nearly as faithful on "
-                     "Stable Diffusion; much less on the bundled demo model, whose VAE is not close to linear."),
+    "GradOP+ fast": ("GradOP+ with a fast latent-space loss: about as quick as plain text-to-image, several times "
+                     "quicker than GradOP+. Less faithful to your colours than GradOP+ on the bundled demo model, "
+                     "whose VAE is far from linear."),
     "GradOP": "GradOP without the '+' refinement.",
     "SDEdit": "Plain img2img (Meng et al. 2022): noise the scribble, then denoise. Fast baseline.",
 }

@@ -4,7 +4,6 @@ It is committed, so these tests never skip: a missing or broken model is a failu
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +73,17 @@ def test_sunset_skies_are_warmer_and_brighter_than_night_skies(demo: Engine) -> 
         scores[when] = ([warmth(im, sky) for im in images], [brightness(im, sky) for im in images])
     assert min(scores["at sunset"][0]) > max(scores["at night"][0]) + 0.02, scores
     assert np.mean(scores["at sunset"][1]) > np.mean(scores["at night"][1]) + 0.02, scores
+
+
+def test_day_skies_are_lighter_than_night_skies(demo: Engine) -> None:
+    """Global brightness follows the caption (the model was trained with offset noise)."""
+    sky = slice(0, SIZE * 2 // 5)
+    scores = {}
+    for when in ("by day", "at night"):
+        images = [demo.generate(GenerationRequest(prompt=f"a flat poster of green hills and a lake under a sky {when}",
+                                                  steps=STEPS, seed=seed)).images[0] for seed in range(3)]
+        scores[when] = [brightness(im, sky) for im in images]
+    assert min(scores["by day"]) > max(scores["at night"]) + 0.25, scores
 
 
 def blurred_distance(image: Image.Image, scribble: Image.Image) -> float:

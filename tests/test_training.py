@@ -214,12 +214,17 @@ def test_mixed_precision_on_a_cpu() -> None:
         train.autocast_dtype(cpu, "fp16")
 
 
-def test_bf16_training_on_a_cpu_saves_fp32_weights(dataset: Path, tmp_path: Path) -> None:
+def test_bf16_training_on_a_cpu_saves_fp32_weights_and_resumes_exactly(dataset: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    out = tmp_path / "bf16"
-    train.main(["--data", str(dataset), "--out", str(out), "--steps", "2", "--mixed-precision", "bf16", *MICRO])
-    weights = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    bf16 = ["--data", str(dataset), "--mixed-precision", "bf16", *MICRO]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train.main(["--out", str(whole), "--steps", "3", *bf16])
+    train.main(["--out", str(resumed), "--steps", "2", *bf16])
+    train.main(["--out", str(resumed), "--steps", "3", "--resume", *bf16])
+    part = "unet/diffusion_pytorch_model.safetensors"
+    weights, again = load_file(str(whole / part)), load_file(str(resumed / part))
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
-    info = json.loads((out / "training_args.json").read_text())
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    info = json.loads((whole / "training_args.json").read_text())
     assert info["mixed_precision"] == "torch.bfloat16" and info["config"]["noise_offset"] == 0.1
