@@ -312,7 +312,6 @@ def cleaned_map(page: str, image: Image.Image) -> Image.Image:
 def region_settings(page: str, rows: list[dict[str, Any]], *, background_key: str, width: int, height: int,
                     window: int, **extra: Any) -> RegionSettings:
     """The Regions or Panorama page's settings from its widgets' state and its prompt table."""
-    ss = st.session_state
     return RegionSettings(
         background_prompt=ss[f"{page}.{background_key}"], negative_prompt=ss[f"{page}.negative"],
         regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],

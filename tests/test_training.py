@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import StudioError
 from training import make_dataset, train
 from training.checkpoint import EMA, latest_checkpoint, optimizer_from_safetensors, optimizer_to_safetensors
 from training.data import EpochSampler, find_records
@@ -206,11 +207,34 @@ def test_noise_offset_adds_a_constant_per_image_and_channel() -> None:
     assert torch.allclose(plain["noise"].mean(dim=(2, 3)).std(), torch.tensor(1 / 8), rtol=0.3)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--mixed-precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+    (["--resolution", "100"], "multiple of 8, got 100"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--steps", "many"], "invalid int value"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(dataset: Path, tmp_path: Path, capsys, args, message) -> None:
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as exit_info:
+        code = train.cli(["--data", str(dataset), "--out", str(out), *args])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("error: ") and "\n" not in err
+    assert not out.exists()
+
+
+def test_cli_without_images_writes_nothing(tmp_path: Path, capsys) -> None:
+    assert train.cli(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "model")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no captioned images in {tmp_path / 'empty'}"
+    assert not (tmp_path / "model").exists()
+
+
 def test_mixed_precision_on_a_cpu() -> None:
     cpu = torch.device("cpu")
     assert train.autocast_dtype(cpu, "auto") is None
     assert train.autocast_dtype(cpu, "bf16") == torch.bfloat16
-    with pytest.raises(ValueError, match="bf16"):
+    with pytest.raises(StudioError, match="bf16"):
         train.autocast_dtype(cpu, "fp16")
 
 

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from core.errors import StudioError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -38,7 +40,7 @@ def _from_metadata(folder: Path, meta: Path) -> list[Record]:
             continue
         item = json.loads(line)
         if "file_name" not in item:
-            raise ValueError(f"{meta}:{number}: no 'file_name'")
+            raise StudioError(f"{meta}:{number}: no 'file_name': every line needs the image's file name")
         text = next((str(item[k]) for k in TEXT_KEYS if k in item), "")
         records.append(Record(folder / item["file_name"], text))
     return records

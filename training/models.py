@@ -16,6 +16,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from core.errors import StudioError
+
 # SD v1's noise schedule: what every SD scheduler config carries.
 SD_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -103,7 +105,7 @@ PRESETS: dict[str, ModelConfig] = {
 def preset(name: str) -> ModelConfig:
     """A copy of a named preset."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise StudioError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return ModelConfig.from_dict(PRESETS[name].to_dict())
 
 
@@ -122,7 +124,7 @@ def apply_overrides(cfg: ModelConfig, unet_channels: str | None = None, unet_att
     if unet_attention:
         cfg.unet.attention = tuple(bool(v) for v in _ints(unet_attention))
     if len(cfg.unet.attention) != len(cfg.unet.block_out_channels):
-        raise ValueError("one attention flag per UNet block is needed")
+        raise StudioError("one attention flag per UNet block is needed (e.g. --unet-attention 0,1,1 for 3 blocks)")
     if unet_layers:
         cfg.unet.layers_per_block = unet_layers
     if text_hidden:

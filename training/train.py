@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -48,6 +49,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from core.cli import EXIT_USER_ERROR, OneLineParser
+from core.errors import StudioError
 from core.tokenizer_build import build_clip_tokenizer
 
 from .checkpoint import EMA, CheckpointRef, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -171,7 +174,7 @@ def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
         return None
     if device.type != "cuda":
         if mode == "fp16":
-            raise ValueError("--mixed-precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
+            raise StudioError("--mixed-precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
         return torch.bfloat16 if mode == "bf16" else None
     if mode == "fp16":
         return torch.float16
@@ -623,7 +626,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.resolution % 8:
-        raise ValueError("--resolution must be a multiple of 8")
+        raise StudioError(f"--resolution must be a multiple of 8, got {cfg.resolution}")
     if cfg.lr is None:
         cfg.lr = 1e-5 if cfg.init_from is not None else 3e-4
     if cfg.noise_offset is None:
@@ -636,9 +639,11 @@ def train(cfg: TrainConfig) -> Path:
         cfg.train_text_encoder = state.get("config", {}).get("train_text_encoder")
     if cfg.init_from is None and cfg.vae_steps <= 0 and resume is None:
         log.warning("--vae-steps 0: the VAE stays untrained")
+    # check what the user gave before writing anything: a bad flag leaves no folders behind
+    model_cfg = _model_config(cfg, resume) if cfg.init_from is None else None
+    records = find_records(cfg.data)
     cfg.checkpoints.mkdir(parents=True, exist_ok=True)
     logger = JsonLog(cfg.checkpoints / "log.jsonl")
-    records = find_records(cfg.data)
     texts = [r.text for r in records]
     store = ImageStore(records, cfg.resolution)
     t_start = time.perf_counter()
@@ -648,7 +653,6 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.train_text_encoder is None:
             cfg.train_text_encoder = False
     else:
-        model_cfg = _model_config(cfg, resume)
         parts, vae_new = build_parts(cfg, model_cfg, store, texts, resume, device, amp, logger)
         if cfg.train_text_encoder is None:
             cfg.train_text_encoder = True
@@ -677,7 +681,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a small SD-format model on captioned images.")
+    p = OneLineParser(prog="python -m training.train", description="Train a small SD-format model on captioned images.")
     p.add_argument("--data", type=Path, required=True, help="folder with metadata.jsonl or image+.txt pairs")
     p.add_argument("--out", type=Path, required=True, help="output model folder (diffusers format)")
     p.add_argument("--resolution", type=int, default=256)
@@ -754,5 +758,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return out
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.train``: a user error (bad flag value, no images, checkpoints in the
+    way) is one line on stderr and exit code 2, not a traceback."""
+    try:
+        main(argv)
+    except (StudioError, FileExistsError, FileNotFoundError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USER_ERROR
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())
