@@ -17,17 +17,20 @@ from typing import Any, Callable, Sequence
 
 from .engine import Engine, GenerationResult
 from .errors import CancelledError, StudioError
+from .inputs import open_image
 from .loading import LoadOptions
-from .outputs import model_record, replay, save_result
+from .model_settings import recommended_for
+from .outputs import check_output, model_record, replay, save_result
 from .recipe import make_recipe, save_png
 from .outputs import parameters_for
 from .requests import GenerationRequest
 from .sampling import ProgressEvent
 from .schedulers import SCHEDULER_NAMES
-from .vae_codec import load_image
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
+DEFAULT_STEPS = 30  # sampling flags' defaults for a model without recommendations
+DEFAULT_CFG = 7.5
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
 # modules with `register(subparsers, COMMANDS)` adding the guidance methods' commands
 CLI_EXTENSIONS = ("cli_regions", "cli_stroke")
@@ -62,12 +65,27 @@ def add_generation(parser: argparse.ArgumentParser, size_default_help: str, prom
     parser.add_argument("--negative", default="", help="negative prompt")
     parser.add_argument("--width", type=int, help=f"multiple of 8 (default: {size_default_help})")
     parser.add_argument("--height", type=int, help=f"multiple of 8 (default: {size_default_help})")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampling steps (default: the model's recommendation, else {DEFAULT_STEPS})")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the "
+                        f"model's recommendation, else {DEFAULT_CFG})")
     parser.add_argument("--seed", type=int, help="default: random (saved in the recipe)")
     parser.add_argument("--scheduler", default="default", help=f"one of {', '.join(SCHEDULER_NAMES)}")
     parser.add_argument("--num-images", type=int, default=1, help="variations; image i uses seed + i")
     parser.add_argument("--out", required=True, help="output .png (several images: OUT-1.png, OUT-2.png, ...)")
+
+
+def apply_recommended(args: argparse.Namespace) -> None:
+    """Fill the sampling flags the person left out from the model's ``studio.json``."""
+    if not hasattr(args, "steps"):
+        return
+    rec = recommended_for(getattr(args, "model", None))
+    if args.steps is None:
+        args.steps = rec.get("steps", getattr(args, "default_steps", DEFAULT_STEPS))
+    if args.cfg is None:
+        args.cfg = rec.get("guidance_scale", DEFAULT_CFG)
+    if hasattr(args, "fidelity") and args.fidelity is None and rec.fidelity is not None:
+        args.fidelity = rec.fidelity
 
 
 def load_options(args: argparse.Namespace, model: str | None = None) -> LoadOptions:
@@ -130,7 +148,7 @@ def cmd_txt2img(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_img2img(args: argparse.Namespace) -> dict[str, Any]:
-    request = generation_request(args, init_image=load_image(args.image), strength=args.strength)
+    request = generation_request(args, init_image=open_image(args.image), strength=args.strength)
     return run_and_save(args, load_engine(args), request)
 
 
@@ -194,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_libraries()
     start = time.perf_counter()
     try:
+        if getattr(args, "out", None) is not None:  # before any work: a bad --out is found now, not after
+            check_output(args.out, min(max(getattr(args, "num_images", 1) or 1, 1), 16))
+        apply_recommended(args)
         result = COMMANDS[args.command](args)
     except StudioError as exc:
         sys.stderr.write(f"error: {exc}\n")

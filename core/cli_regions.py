@@ -17,9 +17,9 @@ from PIL import Image
 
 from .cli import add_common, add_generation, load_engine, run_and_save
 from .errors import StudioError
+from .inputs import open_image
 from .panorama import MultiDiffusionRequest
 from .region_map import MAX_REGIONS, check_aspect, load_prompt_table, regions_from_map
-from .vae_codec import load_image
 
 
 def _multiple_of_8(value: float) -> int:
@@ -72,13 +72,13 @@ def _load_map(args: argparse.Namespace) -> tuple[Image.Image | None, Any]:
         raise StudioError("--regions and --prompts go together: give both the map and its prompts file.")
     if not args.regions:
         return None, None
-    return load_image(args.regions), load_prompt_table(args.prompts)
+    return open_image(args.regions, "Region map"), load_prompt_table(args.prompts)
 
 
 def _request(args: argparse.Namespace, kind: str, prompt: str, width: int | None, height: int | None,
              regions: tuple, **extra: Any) -> MultiDiffusionRequest:
     seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
-    init = load_image(args.image) if getattr(args, "image", None) else None
+    init = open_image(args.image, "Init image") if getattr(args, "image", None) else None
     return MultiDiffusionRequest(
         prompt=prompt, negative_prompt=args.negative, regions=regions, kind=kind, width=width, height=height,
         window=args.window, stride=args.stride, steps=args.steps, guidance_scale=args.cfg, seed=seed,

@@ -10,35 +10,32 @@ words of the prompt: ``{"#3050e0": "river", "#a0a0a0": ["castle", "stone walls"]
 from __future__ import annotations
 
 import argparse
-import json
 import random
-from pathlib import Path
 from typing import Any, Callable
 
 from .cli import add_common, add_generation, load_engine, run_and_save
 from .errors import StudioError
-from .stroke_guidance import METHODS, stroke_request
-from .vae_codec import load_image
+from .inputs import open_image, read_json_file
+from .stroke_guidance import METHODS, WORDS_EXAMPLE, stroke_request, word_pairs
 
 
 def read_words(path: str | None) -> dict[str, Any]:
     """The WORDS.json mapping, or StudioError saying what is wrong with the file."""
     if not path:
         return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise StudioError(f"Words file {path} not found: check the path.") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StudioError(f"Words file {path} is not valid JSON: write it as {{\"#rrggbb\": \"words\"}}.") from exc
+    data = read_json_file(path, "Words file", WORDS_EXAMPLE)
     if not isinstance(data, dict) or not data:
-        raise StudioError(f"Words file {path} must map colours to words, e.g. {{\"#3050e0\": \"river\"}}.")
+        raise StudioError(f"Words file {path} must map colours to words, e.g. {WORDS_EXAMPLE}.")
+    try:
+        word_pairs(data)
+    except StudioError as exc:
+        raise StudioError(f"Words file {path}: {exc}") from None
     return data
 
 
 def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
     """Build the request (fidelity first, explicit flags win), run it and save with its recipe."""
-    strokes = load_image(args.strokes)
+    strokes = open_image(args.strokes, "Scribble")
     seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
     request = stroke_request(
         args.prompt, strokes, method=args.method, fidelity=args.fidelity, words=read_words(args.words),
@@ -55,7 +52,7 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     """Add the ``stroke`` command (called by core.cli.build_parser)."""
     p = subparsers.add_parser("stroke", help="scribble + text to image (GradOP+, GradOP, SDEdit)")
     add_generation(p, "the scribble's size")
-    p.set_defaults(steps=50, scheduler="ddim")
+    p.set_defaults(scheduler="ddim", default_steps=50)  # the reference's 50 DDIM steps
     p.add_argument("--strokes", required=True, help="scribble PNG; transparent pixels do not constrain the output")
     p.add_argument("--method", default="gradop+", choices=METHODS, help="default: gradop+")
     p.add_argument("--fast", action="store_true", help="loss through the fitted latent->RGB map (no decoder)")

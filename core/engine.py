@@ -17,7 +17,7 @@ from .recipe import register_request_kind
 from .requests import GenerationRequest
 from .sampling import (EpsFn, ModelFn, ProgressCallback, alpha_bar, classifier_free_guidance, denoise,
                        step_kwargs)
-from .schedulers import make_scheduler
+from .schedulers import check_steps, make_scheduler
 from .vae_codec import decode_latents, encode_image, fit_image, require_multiple_of, tensor_to_pils
 
 
@@ -70,7 +70,9 @@ class Engine:
     def load(cls, options: LoadOptions | None = None, **kwargs: Any) -> "Engine":
         """``Engine.load(model="sd15", device="cuda")``; kwargs are LoadOptions fields."""
         start = time.perf_counter()
-        engine = cls(load_model(options or LoadOptions(**kwargs)))
+        if options is not None and not isinstance(options, LoadOptions):
+            raise StudioError(f"Engine.load takes LoadOptions or keyword options, got {type(options).__name__}.")
+        engine = cls(load_model(options or LoadOptions.from_kwargs(**kwargs)))
         engine.load_seconds = time.perf_counter() - start
         return engine
 
@@ -78,8 +80,16 @@ class Engine:
         return self.bundle.info()
 
     def run(self, request: Any, callback: ProgressCallback | None = None) -> GenerationResult:
-        """Run any registered request kind (txt2img, img2img, and the guidance methods)."""
-        return RUNNERS[request.kind](self, request, callback)
+        """Run any registered request kind (txt2img, img2img, and the guidance methods).
+
+        The steps are checked against what the request's scheduler can take with this model
+        before any work starts."""
+        kind = getattr(request, "kind", None)
+        if not isinstance(kind, str) or kind not in RUNNERS:
+            raise StudioError(f"Cannot run {type(request).__name__}: not a request of a registered kind "
+                              f"({', '.join(sorted(RUNNERS))}).")
+        check_steps(request.scheduler, self.bundle.scheduler_config, request.steps)
+        return RUNNERS[kind](self, request, callback)
 
     # --- building blocks shared by every method ------------------------------------------
 
@@ -143,8 +153,8 @@ class Engine:
         cond = encoder(request.prompt).repeat(n, 1, 1)
         uncond = encoder(request.negative_prompt).repeat(n, 1, 1) if request.guidance_scale > 1 else None
 
-        scheduler = make_scheduler(request.scheduler, bundle.scheduler_config)
-        scheduler.set_timesteps(request.steps, device=bundle.device)
+        scheduler = make_scheduler(request.scheduler, bundle.scheduler_config, steps=request.steps,
+                                   device=bundle.device)
         factor = bundle.vae_scale_factor
         shape = (bundle.unet.config.in_channels, height // factor, width // factor)
         seeds = [request.seed + i for i in range(n)]

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,26 @@ class LoadOptions:
     vae_tiling: bool = False  # decode/encode large images tile by tile
     cpu_offload: bool = False  # keep models on the CPU, move each to the GPU while it runs
     config: str | None = None  # for a single .safetensors file: a diffusers folder with the configs
+
+    def __post_init__(self) -> None:
+        for name in ("model", "device", "dtype", "config"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+            elif value is not None and not isinstance(value, str):
+                raise StudioError(f"Load option {name} must be text (or None), got {value!r:.40}.")
+        for name in ("attention_slicing", "vae_tiling", "cpu_offload"):
+            if not isinstance(getattr(self, name), bool):
+                raise StudioError(f"Load option {name} must be true or false, got {getattr(self, name)!r:.40}.")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
+        """LoadOptions(**kwargs), with a StudioError naming an unknown option."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise StudioError(f"Unknown load option(s) {', '.join(unknown)}: use {', '.join(sorted(known))}.")
+        return cls(**kwargs)
 
 
 @dataclass

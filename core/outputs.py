@@ -1,6 +1,8 @@
 """Save results with their recipes, and replay a saved PNG."""
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ from PIL import Image
 from .engine import Engine, GenerationResult
 from .errors import StudioError
 from .loading import LoadOptions, ModelBundle
-from .recipe import make_recipe, parameters_text, read_recipe, request_from_recipe, save_png
+from .recipe import make_recipe, parameters_text, read_recipe, recipe_index, request_from_recipe, save_png
 from .sampling import ProgressCallback
 from .schedulers import sampler_label
 
@@ -45,6 +47,38 @@ def output_paths(out: str | Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(count)]
 
 
+MAX_NAME_BYTES = 200  # file systems allow 255, and save_png writes a temp file with a longer name first
+
+
+def check_output(out: str | Path, count: int = 1) -> list[Path]:
+    """The output paths, checked before any work starts: each must be a .png that is not a
+    folder, whose folder is (or can be created as) a writable folder, not under a file."""
+    paths = output_paths(out, count)
+    for path in paths:
+        if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
+            raise StudioError(f"Output file name {path.name[:40]}... is too long: use at most {MAX_NAME_BYTES} "
+                              "characters.")
+        if path.is_dir():
+            raise StudioError(f"Output {path} is a folder: give a file name, e.g. {path / 'image.png'}.")
+    folder = paths[0].parent.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise StudioError(f"Output {paths[0]} is under {existing}, which is a file, not a folder: choose another --out.")
+    _check_writable(existing, paths[0])
+    return paths
+
+
+def _check_writable(folder: Path, out: Path) -> None:
+    """Create and remove a probe file in ``folder`` (os.access is wrong for root and ACLs)."""
+    probe = folder / f".studio-write-probe-{secrets.token_hex(6)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise StudioError(f"Cannot write {out}: folder {folder} is not writable ({exc.strerror or exc}); "
+                          "choose another --out.") from exc
+    os.unlink(probe)
+
+
 def save_result(result: GenerationResult, bundle: ModelBundle, out: str | Path) -> list[Path]:
     """Write every image of ``result`` with its recipe; returns the paths written."""
     paths = output_paths(out, len(result.images))
@@ -59,6 +93,9 @@ def replay_options(recipe: dict[str, Any], base: LoadOptions) -> LoadOptions:
     if base.model:
         return base
     model = recipe.get("model", {})
+    if not (isinstance(model, dict) and all(isinstance(model.get(k, ""), str) for k in ("name", "location", "source"))):
+        raise StudioError("The recipe's model record is damaged (name, location and source must be text): "
+                          "choose the model with --model.")
     location = model.get("location")
     spec = location if location and Path(location).exists() else model.get("name") if model.get("source") != "hub" else location
     return LoadOptions(**{**base.__dict__, "model": spec})
@@ -66,12 +103,10 @@ def replay_options(recipe: dict[str, Any], base: LoadOptions) -> LoadOptions:
 
 def replay(path: str | Path, base: LoadOptions | None = None,
            callback: ProgressCallback | None = None) -> tuple[Image.Image, GenerationResult, Engine]:
-    """Regenerate the image saved at ``path`` from its recipe."""
+    """Regenerate the image saved at ``path`` from its recipe (checked whole before the model loads)."""
     recipe = read_recipe(path)
     request = request_from_recipe(recipe)
+    index = recipe_index(recipe, request)
     engine = Engine.load(replay_options(recipe, base or LoadOptions()))
     result = engine.run(request, callback)
-    index = int(recipe.get("index", 0))
-    if index >= len(result.images):
-        raise StudioError(f"The recipe in {path} names image {index + 1} of a batch of {len(result.images)}.")
     return result.images[index], result, engine

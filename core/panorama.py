@@ -25,9 +25,10 @@ from .prompts import PromptEncoder
 from .recipe import register_nested_class, register_request_kind
 from .region_fusion import Bootstrap, FusionPath, RegionFusion, View
 from .region_map import MAX_REGIONS, Region, background_weight, check_aspect, latent_masks
-from .requests import DEFAULT_MAX_PIXELS, check_pixels, check_range, check_sampling, check_side
+from .requests import (DEFAULT_MAX_PIXELS, check_flag, check_image, check_int, check_pixels, check_range,
+                       check_sampling, check_side, limit_field, show)
 from .sampling import ProgressCallback, alpha_bar, denoise, step_kwargs
-from .schedulers import canonical_scheduler_name, make_scheduler
+from .schedulers import make_scheduler
 from .vae_codec import decode_latents, require_multiple_of, tensor_to_pils
 
 KINDS = ("regions", "panorama")
@@ -103,15 +104,16 @@ class MultiDiffusionRequest:
     bbox_padding: int = 8  # fast: latent pixels of context around a path's bounding box
     unet_batch: int = 16  # rows (crop x prompt x image) per UNet call
     tiled_decode: bool | None = None  # None: tiled when the image is large
-    max_regions: int = MAX_REGIONS
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_regions: int = limit_field(MAX_REGIONS)
+    max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise StudioError(f"Unknown kind '{self.kind}': use 'regions' or 'panorama'.")
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
+            raise StudioError(f"Unknown kind {show(self.kind)}: use 'regions' or 'panorama'.")
+        if not isinstance(self.regions, (list, tuple)) or any(not isinstance(r, Region) for r in self.regions):
+            raise StudioError("Regions must be a list of core.region_map.Region objects (mask + prompt).")
         object.__setattr__(self, "regions", tuple(self.regions))
-        if any(not isinstance(r, Region) for r in self.regions):
-            raise StudioError("Regions must be core.region_map.Region objects (mask + prompt).")
+        check_int("Region limit", self.max_regions, 1, 1024)
         if len(self.regions) > self.max_regions:
             raise StudioError(f"{len(self.regions)} regions is over the limit of {self.max_regions}: merge some "
                               "colours, or raise the limit (max_regions / --max-regions).")
@@ -119,16 +121,19 @@ class MultiDiffusionRequest:
         check_side("height", self.height)
         check_pixels(self.width, self.height, self.max_pixels)
         check_sampling(self)
+        check_image("The init image", self.init_image, optional=True)
         if self.window is not None:
-            check_range("Window", self.window, 1, 4096)
+            check_int("Window", self.window, 1, 4096)
         if self.stride is not None:
-            check_range("Stride", self.stride, 1, self.window or 4096)
+            check_int("Stride", self.stride, 1, self.window or 4096)
+        check_flag("Circular", self.circular)
         check_range("Bootstrap", self.bootstrap, 0, 1)
+        check_flag("Soft masks", self.soft_masks)
         check_range("Feather", self.feather, 0, 64)
-        check_range("Bounding-box padding", self.bbox_padding, 0, 4096)
-        check_range("UNet batch", self.unet_batch, 1, 1024)
-        check_range("Region limit", self.max_regions, 1, 1024)
-        object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
+        check_flag("Fast", self.fast)
+        check_int("Bounding-box padding", self.bbox_padding, 0, 4096)
+        check_int("UNet batch", self.unet_batch, 1, 1024)
+        check_flag("Tiled decode", self.tiled_decode, optional=True)
 
     def settings(self) -> dict[str, Any]:
         """Every field but images, for recipes and logs."""
@@ -293,8 +298,7 @@ def run_multidiffusion(engine: Engine, request: MultiDiffusionRequest,
     width, height = canvas_size(request, bundle.native_size)
     encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
     setup = fusion_setup(engine, request, encoder, (width, height))
-    scheduler = make_scheduler(request.scheduler, bundle.scheduler_config)
-    scheduler.set_timesteps(request.steps, device=bundle.device)
+    scheduler = make_scheduler(request.scheduler, bundle.scheduler_config, steps=request.steps, device=bundle.device)
     factor = bundle.vae_scale_factor
     shape = (bundle.unet.config.in_channels, height // factor, width // factor)
     dtype = setup.embeddings.dtype

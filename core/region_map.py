@@ -10,7 +10,6 @@ divides by the total weight, so two regions at 0.6 and 0.6 share a pixel half an
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -25,6 +24,8 @@ from PIL import Image
 from torch import Tensor
 
 from .errors import StudioError
+from .inputs import MAX_INPUT_PIXELS, check_image_size, has_alpha, normalise_mode, read_json_file
+from .requests import MAX_SEED, check_int, check_range, check_text, is_number, show
 
 MAX_REGIONS = int(os.environ.get("STUDIO_MAX_REGIONS", 16))  # default limit on regions per request
 SPECK_FRACTION = 0.001  # a colour covering less of the map than this is a stray speck
@@ -35,15 +36,23 @@ _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 def _mask_image(mask: Any) -> Image.Image:
     """A mask given as a PIL image, array or tensor -> an 8-bit 'L' image (255 = inside)."""
     if isinstance(mask, Image.Image):
-        if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
-            return mask.convert("RGBA").getchannel("A")  # painted on a transparent layer
-        return mask if mask.mode == "L" else mask.convert("L")
-    array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+        check_image_size(mask.size, "A region mask", MAX_INPUT_PIXELS)
+        if has_alpha(mask):
+            return normalise_mode(mask).getchannel("A")  # painted on a transparent layer
+        return normalise_mode(mask, grey=True).convert("L")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = (mask.detach().cpu().float().numpy() if isinstance(mask, Tensor)
+                     else np.asarray(mask, dtype=np.float32))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StudioError(f"A region mask must be an image, or a 2-D array of numbers, got {show(mask)}.") from exc
     array = np.squeeze(array)
-    if array.ndim != 2:
+    if array.ndim != 2 or 0 in array.shape:
         raise StudioError(f"A region mask must be a 2-D image (height x width), got shape {array.shape}.")
-    if array.dtype == bool or array.max(initial=0) <= 1.0:
-        array = array.astype(np.float32) * 255.0
+    check_image_size((array.shape[1], array.shape[0]), "A region mask", MAX_INPUT_PIXELS)
+    array = np.nan_to_num(array, nan=0.0, posinf=255.0, neginf=0.0)
+    if array.max(initial=0) <= 1.0:
+        array = array * 255.0
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
 
 
@@ -60,20 +69,32 @@ class Region:
     name: str = ""  # for messages, e.g. its colour "#ff0000"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mask", _mask_image(self.mask))
+        check_text("A region's prompt", self.prompt)
+        check_text("A region's name", self.name)
         label = self.label
-        if not isinstance(self.prompt, str):
-            raise StudioError(f"Region {label}: the prompt must be text.")
-        if not (isinstance(self.weight, (int, float)) and 0 < self.weight <= 100):
-            raise StudioError(f"Region {label}: weight must be above 0 and at most 100, got {self.weight}.")
-        if self.seed is not None and not 0 <= int(self.seed) <= 2**32 - 1:
-            raise StudioError(f"Region {label}: seed must be between 0 and {2**32 - 1}, got {self.seed}.")
-        if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 50:
-            raise StudioError(f"Region {label}: guidance scale must be between 0 and 50, got {self.guidance_scale}.")
+        object.__setattr__(self, "mask", _mask_image(self.mask))
+        try:
+            check_entry(self.negative_prompt, self.seed, self.weight, self.guidance_scale)
+        except StudioError as exc:
+            raise StudioError(f"Region {label}: {exc}") from None
 
     @property
     def label(self) -> str:
-        return f"{self.name} ('{self.prompt}')" if self.name else f"'{self.prompt}'"
+        prompt = self.prompt if len(self.prompt) <= 40 else self.prompt[:37] + "..."
+        return f"{self.name[:20]} ('{prompt}')" if self.name else f"'{prompt}'"
+
+
+def check_entry(negative_prompt: Any, seed: Any, weight: Any, guidance_scale: Any) -> None:
+    """The per-region options shared by Region and the prompts file's entries."""
+    check_text("The negative prompt", negative_prompt, optional=True)
+    if seed is not None:
+        check_int("The seed", seed, 0, MAX_SEED)
+    if not is_number(weight):
+        raise StudioError(f"The weight must be a number above 0 and at most 100, got {show(weight)}.")
+    if not 0 < weight <= 100:
+        raise StudioError(f"The weight must be above 0 and at most 100, got {show(weight)}.")
+    if guidance_scale is not None:
+        check_range("The guidance scale", guidance_scale, 0, 50)
 
 
 # --- colours and the prompt table ----------------------------------------------------------
@@ -83,7 +104,7 @@ def parse_color(text: str) -> str:
     """'#RGB', '#RRGGBB' or 'RRGGBB' -> canonical '#rrggbb'; StudioError otherwise."""
     match = _HEX.match(str(text).strip())
     if not match:
-        raise StudioError(f"'{text}' is not a colour: write it as '#rrggbb' (e.g. '#ff8800').")
+        raise StudioError(f"{show(text)} is not a colour: write it as '#rrggbb' (e.g. '#ff8800').")
     digits = match.group(1).lower()
     if len(digits) == 3:
         digits = "".join(c * 2 for c in digits)
@@ -104,6 +125,10 @@ class ColorPrompt:
     weight: float = 1.0
     guidance_scale: float | None = None
 
+    def __post_init__(self) -> None:
+        check_text("The prompt", self.prompt, optional=True)
+        check_entry(self.negative_prompt, self.seed, self.weight, self.guidance_scale)
+
 
 _ENTRY_KEYS = {"prompt", "negative", "negative_prompt", "seed", "weight", "guidance_scale", "cfg"}
 
@@ -120,13 +145,15 @@ def _color_prompt(color: str, entry: Any) -> ColorPrompt:
                           "weight, guidance_scale.")
     if "prompt" not in entry:
         raise StudioError(f"The entry for {color} has no \"prompt\" (use null for the background).")
-    seed = entry.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise StudioError(f"The seed for {color} must be a whole number, got {seed!r}.")
+    for pair in (("negative", "negative_prompt"), ("guidance_scale", "cfg")):
+        if set(pair) <= set(entry):
+            raise StudioError(f"The entry for {color} has both {pair[0]} and {pair[1]}: keep one.")
     scale = entry.get("guidance_scale", entry.get("cfg"))
-    return ColorPrompt(prompt=entry["prompt"], negative_prompt=entry.get("negative", entry.get("negative_prompt")),
-                       seed=seed, weight=float(entry.get("weight", 1.0)),
-                       guidance_scale=None if scale is None else float(scale))
+    try:
+        return ColorPrompt(prompt=entry["prompt"], negative_prompt=entry.get("negative", entry.get("negative_prompt")),
+                           seed=entry.get("seed"), weight=entry.get("weight", 1.0), guidance_scale=scale)
+    except StudioError as exc:
+        raise StudioError(f"The entry for {color}: {exc}") from None
 
 
 def parse_prompt_table(data: Any) -> dict[str, ColorPrompt]:
@@ -136,6 +163,8 @@ def parse_prompt_table(data: Any) -> dict[str, ColorPrompt]:
                           "e.g. {\"#ff0000\": \"a red sun\", \"#ffffff\": null}.")
     table: dict[str, ColorPrompt] = {}
     for key, entry in data.items():
+        if not isinstance(key, str):
+            raise StudioError(f"{show(key)} is not a colour: write colours as '#rrggbb' (e.g. '#ff8800').")
         color = parse_color(key)
         if color in table:
             raise StudioError(f"Colour {color} is listed twice in the prompts file: keep one entry.")
@@ -145,13 +174,7 @@ def parse_prompt_table(data: Any) -> dict[str, ColorPrompt]:
 
 def load_prompt_table(path: str | Path) -> dict[str, ColorPrompt]:
     """Read a prompts JSON file (see :func:`parse_prompt_table`)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise StudioError(f"Prompts file {path} not found: check the path.") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StudioError(f"Prompts file {path} is not valid JSON ({exc}): fix it.") from exc
-    return parse_prompt_table(data)
+    return parse_prompt_table(read_json_file(path, "Prompts file", '{"#ff0000": "a red sun", "#ffffff": null}'))
 
 
 # --- region maps -----------------------------------------------------------------------------

@@ -1,6 +1,12 @@
-"""Requests: frozen dataclasses validated on construction (one-line errors that say the fix)."""
+"""Requests: frozen dataclasses validated on construction (one-line errors that say the fix).
+
+The ``check_*`` helpers below are the one place types and ranges are checked; every request
+class (here, in stroke_guidance, panorama and region_map) calls them from ``__post_init__``.
+Whole-number fields must be ints (``bool`` is not one); number fields may be ints or floats.
+"""
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -8,41 +14,103 @@ from typing import Any
 from PIL import Image
 
 from .errors import StudioError
+from .inputs import MAX_INPUT_PIXELS, check_image_size
 from .schedulers import canonical_scheduler_name
 from .vae_codec import require_multiple_of
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("STUDIO_MAX_PIXELS", 4096 * 2048))  # per image
 MAX_SEED = 2**32 - 1
+MAX_SIDE = 65536  # pixels per side (the pixel limit binds long before)
+LIMIT = "limit"  # field metadata key: a local limit that recipes may lower but never raise
 
 
-def check_range(name: str, value: float, lo: float, hi: float) -> None:
+def limit_field(default: int) -> Any:
+    """A dataclass field holding a local limit (its default); see core.recipe."""
+    return field(default=default, metadata={LIMIT: True})
+
+
+def show(value: Any) -> str:
+    """A value for an error message: its repr, shortened (floats as %g)."""
+    try:
+        text = f"{value:g}" if isinstance(value, float) else repr(value)
+    except ValueError:  # an int of thousands of digits
+        text = f"a {type(value).__name__} too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    """A whole number in [lo, hi]."""
+    if not is_int(value):
+        raise StudioError(f"{name} must be a whole number, got {show(value)}.")
     if not lo <= value <= hi:
-        raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
+        raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {show(value)}.")
 
 
-def check_side(name: str, value: int | None) -> None:
-    """An optional output width/height: at least 8 and a multiple of 8."""
+def check_range(name: str, value: Any, lo: float, hi: float) -> None:
+    """A number (int or float, not NaN) in [lo, hi]."""
+    if not is_number(value):
+        raise StudioError(f"{name} must be a number, got {show(value)}.")
+    if value != value or not lo <= value <= hi:  # NaN is not between anything
+        raise StudioError(f"{name} must be between {lo:g} and {hi:g}, got {show(value)}.")
+
+
+def check_text(name: str, value: Any, optional: bool = False) -> None:
+    if not (isinstance(value, str) or (optional and value is None)):
+        raise StudioError(f"{name} must be text, got {show(value)}.")
+
+
+def check_flag(name: str, value: Any, optional: bool = False) -> None:
+    if not (isinstance(value, bool) or (optional and value is None)):
+        raise StudioError(f"{name} must be true or false, got {show(value)}.")
+
+
+def check_image(name: str, value: Any, optional: bool = False) -> None:
+    """A PIL image within the input size limit (files are opened with core.inputs.open_image)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, Image.Image):
+        raise StudioError(f"{name} must be a PIL image (open a file with core.inputs.open_image), got {show(value)}.")
+    check_image_size(value.size, name, MAX_INPUT_PIXELS)
+
+
+def check_side(name: str, value: Any) -> None:
+    """An optional output width/height: a whole number, at least 8 and a multiple of 8."""
     if value is not None:
+        if not is_int(value):
+            raise StudioError(f"{name.capitalize()} must be a whole number of pixels, got {show(value)}.")
         if value < 8:
-            raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {value}.")
+            raise StudioError(f"{name.capitalize()} must be at least 8 pixels, got {show(value)}.")
+        if value > MAX_SIDE:
+            raise StudioError(f"{name.capitalize()} must be at most {MAX_SIDE} pixels, got {show(value)}.")
         require_multiple_of(value, name.capitalize())
 
 
-def check_pixels(width: int | None, height: int | None, max_pixels: int) -> None:
-    if width and height and width * height > max_pixels:
+def check_pixels(width: int | None, height: int | None, max_pixels: Any) -> None:
+    check_int("The pixel limit (max_pixels)", max_pixels, 64, 2**40)
+    if width and height and width * height > max_pixels:  # (both checked by check_side first)
         raise StudioError(f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}: "
                           "choose a smaller size (or raise STUDIO_MAX_PIXELS).")
 
 
 def check_sampling(request: Any) -> None:
-    """The settings every generating request shares: steps, guidance, seed, images, strength."""
-    if not isinstance(request.prompt, str):
-        raise StudioError("The prompt must be text.")
-    check_range("Steps", request.steps, 1, 1000)
+    """The settings every generating request shares: prompts, steps, guidance, seed, images, strength,
+    scheduler (canonicalised here)."""
+    check_text("The prompt", request.prompt)
+    check_text("The negative prompt", request.negative_prompt)
+    check_int("Steps", request.steps, 1, 1000)
     check_range("Guidance scale", request.guidance_scale, 0, 50)
-    check_range("Seed", request.seed, 0, MAX_SEED)
-    check_range("Number of images", request.num_images, 1, 16)
+    check_int("Seed", request.seed, 0, MAX_SEED)
+    check_int("Number of images", request.num_images, 1, 16)
     check_range("Strength", request.strength, 0, 1)
+    object.__setattr__(request, "scheduler", canonical_scheduler_name(request.scheduler))
 
 
 @dataclass(frozen=True)
@@ -60,14 +128,14 @@ class GenerationRequest:
     num_images: int = 1
     init_image: Image.Image | None = field(default=None, compare=False)
     strength: float = 0.75  # img2img: fraction of the schedule re-run from the noised input
-    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (memory and time)
+    max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)  # refuse larger images (memory and time)
 
     def __post_init__(self) -> None:
         check_side("width", self.width)
         check_side("height", self.height)
         check_pixels(self.width, self.height, self.max_pixels)
         check_sampling(self)
-        object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
+        check_image("The init image", self.init_image, optional=True)
 
     @property
     def kind(self) -> str:

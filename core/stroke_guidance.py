@@ -68,10 +68,12 @@ from torch import Tensor
 from .attention_control import SemanticControl, colour_mask, parse_colour, semantic_attention, word_regions
 from .engine import RUNNERS, Engine, GenerationResult, img2img_timesteps, initial_noise
 from .errors import CancelledError, StudioError
+from .inputs import alpha_channel
 from .latent_rgb import latent_rgb_map, latents_to_rgb
 from .prompts import PromptEncoder
 from .recipe import register_request_kind
-from .requests import DEFAULT_MAX_PIXELS, GenerationRequest, check_pixels, check_range, check_sampling, check_side
+from .requests import (DEFAULT_MAX_PIXELS, GenerationRequest, check_flag, check_image, check_int, check_pixels,
+                       check_range, check_sampling, check_side, limit_field, show)
 from .sampling import (EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, classifier_free_guidance,
                        denoise, step_kwargs)
 from .schedulers import canonical_scheduler_name, make_scheduler
@@ -92,10 +94,8 @@ Loss = Callable[[Tensor], Tensor]  # scaled latents (B, C, h, w) -> per-image lo
 
 
 def _alpha(image: Image.Image) -> np.ndarray:
-    """(H, W) alpha in [0, 1]; ones for images without transparency."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        return np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
-    return np.ones((image.height, image.width), dtype=np.float32)
+    """(H, W) alpha in [0, 1] of any mode (LA, PA, P or RGB with transparency, RGBA); ones without."""
+    return alpha_channel(image)
 
 
 # --- the request -----------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class StrokeRequest:
     fidelity: float | None = None  # the slider value the parameters came from (informational)
     words: tuple[tuple[str, str], ...] = ()  # (colour '#rrggbb', phrase of the prompt) pairs
     word_weight: float = 0.4  # w of eDiff-I's bias w * log(1 + sigma_t) * max logit
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)
 
     def __post_init__(self) -> None:
         self._check_inputs()
@@ -145,10 +145,11 @@ class StrokeRequest:
     def _check_inputs(self) -> None:
         if not isinstance(self.prompt, str):
             raise StudioError("The prompt must be text.")
-        if self.method not in METHODS:
-            raise StudioError(f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise StudioError(f"Unknown method {show(self.method)}: choose one of {', '.join(METHODS)}.")
         if not isinstance(self.strokes, Image.Image):
             raise StudioError("The scribble must be an image (PNG with or without transparency).")
+        check_image("The scribble", self.strokes)
         if self.strokes.width < 8 or self.strokes.height < 8:
             raise StudioError(f"The scribble is {self.strokes.width}x{self.strokes.height}: it must be at least 8x8.")
         if not (_alpha(self.strokes) > 0).any():
@@ -164,16 +165,17 @@ class StrokeRequest:
         w, h = self.size
         check_pixels(w, h, self.max_pixels)
         check_sampling(self)
-        check_range("Iterative steps", self.iterative_steps, 0, 100)
-        check_range("Gradient steps", self.grad_steps, 0, 1000)
+        check_int("Iterative steps", self.iterative_steps, 0, 100)
+        check_int("Gradient steps", self.grad_steps, 0, 1000)
         check_range("Learning rate", self.lr, 1e-6, 10)
         check_range("Gamma", self.gamma, 0, 1e4)
         check_range("Blur sigma", self.blur_sigma, 0, 200)
-        check_range("Blur kernel", self.blur_kernel, 1, 255)
+        check_int("Blur kernel", self.blur_kernel, 1, 255)
         if self.blur_kernel % 2 == 0:
             raise StudioError(f"Blur kernel must be odd, got {self.blur_kernel}: use {self.blur_kernel + 1}.")
-        check_range("Refine steps", self.refine_steps, 0, 1000)
+        check_int("Refine steps", self.refine_steps, 0, 1000)
         check_range("Word weight", self.word_weight, 0, 10)
+        check_flag("Fast", self.fast)
         if self.fidelity is not None:
             check_range("Fidelity", self.fidelity, 0, 1)
 
@@ -209,6 +211,8 @@ def fidelity_parameters(method: str, fidelity: float) -> dict[str, Any]:
       gradop  : strength (t0) = 1 - f                 (1.0 .. 0.0, where 0 returns x* itself; 0.5 at 0.5)
     """
     check_range("Fidelity", fidelity, 0, 1)
+    if not isinstance(method, str):
+        raise StudioError(f"Unknown method {show(method)}: choose one of {', '.join(METHODS)}.")
     if method == "gradop+":
         return {"iterative_steps": int(round(6 * fidelity)), "fidelity": fidelity}
     if method == "sdedit":
@@ -225,26 +229,39 @@ def stroke_request(prompt: str, strokes: Image.Image, method: str = "gradop+", f
 
     ``words`` maps a colour to a phrase or a list of phrases of the prompt.
     """
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(StrokeRequest)})
+    if unknown:
+        raise StudioError(f"Unknown stroke setting(s) {', '.join(unknown)}: see StrokeRequest's fields.")
     params: dict[str, Any] = fidelity_parameters(method, fidelity) if fidelity is not None else {}
     params.update({k: v for k, v in overrides.items() if v is not None})
     return StrokeRequest(prompt=prompt, strokes=strokes, method=method, words=word_pairs(words), **params)
 
 
+WORDS_EXAMPLE = '{"#3050e0": "river", "#a0a0a0": ["castle", "stone walls"]}'
+MAX_WORD_PAIRS = 64  # (colour, phrase) pairs per request
+
+
 def word_pairs(words: dict[str, str | Sequence[str]] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """{colour: phrase or [phrases]} (or pairs) -> ((colour, phrase), ...)."""
+    """{colour: phrase or [phrases]} (or (colour, phrase) pairs) -> ((colour, phrase), ...)."""
     if isinstance(words, dict):
         pairs: list[tuple[str, str]] = []
         for colour, phrases in words.items():
             if isinstance(phrases, str):
                 phrases = [phrases]
-            if not isinstance(phrases, (list, tuple)) or not all(isinstance(p, str) for p in phrases):
-                raise StudioError(f"Words for {colour} must be a phrase or a list of phrases of the prompt.")
-            pairs.extend((str(colour), p) for p in phrases)
-        return tuple(pairs)
-    try:
-        return tuple((str(c), str(p)) for c, p in words)
-    except (TypeError, ValueError) as exc:
-        raise StudioError("Words must map colours to words of the prompt, e.g. {\"#3050e0\": \"river\"}.") from exc
+            if not isinstance(colour, str) or not isinstance(phrases, (list, tuple)) or not phrases \
+                    or not all(isinstance(p, str) for p in phrases):
+                raise StudioError(f"Words for {show(colour)} must be a phrase or a list of phrases of the prompt, "
+                                  f"e.g. {WORDS_EXAMPLE}.")
+            pairs.extend((colour, p) for p in phrases)
+    elif isinstance(words, (list, tuple)) and all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            for pair in words):
+        pairs = [(c, p) for c, p in words]
+    else:
+        raise StudioError(f"Words must map colours to words of the prompt, e.g. {WORDS_EXAMPLE}.")
+    if len(pairs) > MAX_WORD_PAIRS:
+        raise StudioError(f"{len(pairs)} colour-word pairs is over the limit of {MAX_WORD_PAIRS}: give fewer words.")
+    return tuple(pairs)
 
 
 # --- the painting function f and the loss ----------------------------------------------------------
@@ -609,9 +626,7 @@ def _setup(engine: Engine, request: StrokeRequest) -> _Setup:
     uncond = encoder(request.negative_prompt).repeat(n, 1, 1) if request.guidance_scale > 1 else None
 
     def new_scheduler() -> Any:
-        scheduler = make_scheduler(request.scheduler, bundle.scheduler_config)
-        scheduler.set_timesteps(request.steps, device=bundle.device)
-        return scheduler
+        return make_scheduler(request.scheduler, bundle.scheduler_config, steps=request.steps, device=bundle.device)
 
     width, height = request.size
     factor = bundle.vae_scale_factor

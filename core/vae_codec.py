@@ -26,15 +26,10 @@ def tensor_to_pils(images: Tensor) -> list[Image.Image]:
 
 
 def load_image(path: str) -> Image.Image:
-    """Open an image file as RGB or raise StudioError saying why it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB") if img.mode != "RGBA" else img.copy()
-    except FileNotFoundError as exc:
-        raise StudioError(f"Image {path} not found: check the path.") from exc
-    except (OSError, ValueError) as exc:
-        raise StudioError(f"Cannot read image {path}: it is not a PNG/JPEG/WebP image the app can open.") from exc
+    """Open an image file as RGB or RGBA (see :func:`core.inputs.open_image`, which this calls)."""
+    from .inputs import open_image
+
+    return open_image(path)
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -18,10 +18,10 @@ shared.enter_page(PAGE)
 shared.collect(PAGE)
 engine = shared.current_engine()
 native = engine.bundle.native_size if engine is not None else 512
+shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidance_scale", 7.5)})
 shared.init_state({
     f"{PAGE}.prompt": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.preset": "2:1",
     f"{PAGE}.width": 4 * native, f"{PAGE}.height": native, f"{PAGE}.use_map": False, f"{PAGE}.variations": 1,
-    f"{PAGE}.steps": 50, f"{PAGE}.guidance": 7.5,
 })
 
 st.title("Panorama", anchor=False)

@@ -18,9 +18,10 @@ SOURCES = {"paint": ":material/brush: Paint", "upload": ":material/upload: Uploa
 
 shared.enter_page(PAGE)
 shared.collect(PAGE)
+shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidance_scale", 7.5)})
 shared.init_state({
     f"{PAGE}.background": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.source": "paint",
-    f"{PAGE}.variations": 1, f"{PAGE}.steps": 50, f"{PAGE}.guidance": 7.5, f"{PAGE}.size": "Landscape 3:2",
+    f"{PAGE}.variations": 1, f"{PAGE}.size": "Landscape 3:2",
     f"{PAGE}.multiplier": 1, f"{PAGE}.circular": False,
 })
 

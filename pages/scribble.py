@@ -17,9 +17,11 @@ SETTINGS = ("prompt", "negative", "method", "fidelity", "variations", "steps", "
 shared.enter_page(PAGE)
 shared.collect(PAGE)
 methods = available_scribble_methods()
+shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidance_scale", 7.5),
+                                   "fidelity": ("fidelity", 0.5)})
 shared.init_state({
     f"{PAGE}.prompt": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.method": methods[0],
-    f"{PAGE}.fidelity": 0.5, f"{PAGE}.variations": 1, f"{PAGE}.steps": 50, f"{PAGE}.guidance": 7.5,
+    f"{PAGE}.variations": 1,
     f"{PAGE}.size": "Square", f"{PAGE}.name_regions": False, f"{PAGE}.free_background": True,
 })
 if ss[f"{PAGE}.method"] not in methods:

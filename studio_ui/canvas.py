@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.inputs import open_image
+
 from .colors import to_rgb
 
 ORIGIN = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}
@@ -245,11 +247,10 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def image_from_bytes(data: bytes | None) -> Image.Image | None:
+    """PNG bytes kept in the session or a gallery sidecar -> an RGB/RGBA image (core's checks)."""
     if not data:
         return None
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.copy()
+    return open_image(data, "A saved image")
 
 
 def b64(data: bytes | None) -> str | None:

@@ -17,6 +17,8 @@ from .gallery import GalleryItem
 from .widgets import reload_canvas, set_rows
 
 ss = st.session_state
+SIDEBAR_TYPES = {"model": str, "model_path": str, "device": str, "dtype": str, "attention_slicing": bool,
+                 "vae_tiling": bool, "cpu_offload": bool}
 PAGE_FILES = {"scribble": "pages/scribble.py", "regions": "pages/regions.py", "panorama": "pages/panorama.py"}
 
 
@@ -52,9 +54,9 @@ def restore(item: GalleryItem) -> str | None:
     if ui.get("seed") is not None:
         ss["seed"] = int(ui["seed"])
     sidebar = ui.get("sidebar") or {}
-    if sidebar.get("model") in available_models():
+    if isinstance(sidebar, dict) and sidebar.get("model") in available_models():
         for key, value in sidebar.items():
-            if value is not None:
+            if isinstance(value, SIDEBAR_TYPES.get(key, ())):  # a sidecar may be edited: only sane values
                 ss[f"sb.{key}"] = value
     canvas = ui.get("canvas")
     if canvas:

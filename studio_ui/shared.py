@@ -20,6 +20,7 @@ import streamlit as st
 from core.engine import Engine
 from core.errors import StudioError
 from core.loading import HOW_TO_GET_WEIGHTS, LoadOptions, available_models, default_model, models_dir
+from core.model_settings import Recommended, recommended_for
 
 from .gallery import GalleryItem, GalleryStore, outputs_dir
 from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
@@ -152,6 +153,27 @@ def current_engine() -> Engine | None:
     except Exception as exc:  # noqa: BLE001 - show a message, never a traceback
         ss["_engine_error"] = describe_error(exc)
     return None
+
+
+def recommended() -> Recommended:
+    """The sidebar model's recommended settings (``studio.json``; none when it cannot be read)."""
+    options = load_options()
+    try:
+        return recommended_for(options.model) if options is not None else Recommended()
+    except StudioError:
+        return Recommended()
+
+
+def follow_model_defaults(page: str, defaults: dict[str, tuple[str, Any]]) -> None:
+    """Settings the person has not changed take the model's recommended values (and follow a
+    change of model); ``defaults`` maps a page key to (recommendation name, fallback)."""
+    rec = recommended()
+    for key, (name, fallback) in defaults.items():
+        full, auto = f"{page}.{key}", f"_auto.{page}.{key}"
+        value = rec.get(name, fallback)
+        if full not in ss or (auto in ss and ss[full] == ss[auto]):
+            ss[full] = value
+        ss[auto] = value
 
 
 def native_latent(engine: Engine) -> int:

@@ -11,6 +11,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from core.errors import StudioError
+from core.inputs import has_alpha, open_image
+
 from .canvas import EMPTY_DRAWING, compose, image_from_bytes, object_count, png_bytes, render_drawing, scale_drawing
 from .colors import Region, extract_regions, flatten, readable_name, region_label_image, swatch_data_url, to_hex
 from .methods import RegionSettings, RegionSpec
@@ -148,9 +151,27 @@ def drawing_canvas(page: str, *, width: int, height: int, tool: str, stroke_widt
 
 def opaque(image: Image.Image) -> Image.Image:
     """RGB, with any transparency composited over white (the background)."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if has_alpha(image):
         return Image.fromarray(flatten(np.asarray(image.convert("RGBA"))))
     return image.convert("RGB")
+
+
+UPLOAD_MAX_SIDE = 2048  # uploads are stretched to a canvas of at most ~1024 px: keep no more in the session
+
+
+def read_upload(uploaded: Any, resample: int = Image.LANCZOS) -> Image.Image | None:
+    """An uploaded image through core's checks (size from the header before decoding, every
+    mode converted), shrunk to UPLOAD_MAX_SIDE; None, with the reason shown as an error, if
+    it cannot be used. Region maps pass ``Image.NEAREST`` to keep their colours flat."""
+    try:
+        image = open_image(uploaded, "The uploaded image")
+    except StudioError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return None
+    if max(image.size) > UPLOAD_MAX_SIDE:
+        scale = UPLOAD_MAX_SIDE / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+    return image
 
 
 def canvas_is_blank(page: str) -> bool:
@@ -164,11 +185,8 @@ def upload_background(page: str, label: str = "Start from an image") -> None:
                                 help="The image is stretched to the canvas; draw over it.")
     if uploaded is not None and ss.get(f"{page}.upload_id") != uploaded.file_id:
         ss[f"{page}.upload_id"] = uploaded.file_id
-        try:
-            image = Image.open(uploaded)
-            image.load()
-        except Exception:  # noqa: BLE001
-            st.error("This file is not an image the app can open: upload a PNG, JPEG or WebP.")
+        image = read_upload(uploaded)
+        if image is None:
             return
         reload_canvas(page, background=png_bytes(opaque(image)))
         st.rerun()
@@ -290,11 +308,8 @@ def region_map_upload(page: str) -> Image.Image | None:
                                 key=f"{page}.map_upload.{ss.get(f'{page}.upload_rev', 0)}",
                                 help="An image of flat colours, one per region; white is the background.")
     if uploaded is not None and ss.get(f"{page}.map_id") != uploaded.file_id:
-        try:
-            image = Image.open(uploaded)
-            image.load()
-        except Exception:  # noqa: BLE001
-            st.error("This file is not an image the app can open: upload a PNG, JPEG or WebP.")
+        image = read_upload(uploaded, Image.NEAREST)
+        if image is None:
             return image_from_bytes(ss.get(f"{page}.map_png"))
         ss[f"{page}.map_id"] = uploaded.file_id
         ss[f"{page}.map_png"] = png_bytes(opaque(image))

@@ -329,3 +329,24 @@ def test_two_sessions_share_the_engine_and_both_finish(studio: Path) -> None:
         wait_for_job(at, "scribble")
     seeds = [at.session_state["scribble.results"] for at in sessions]
     assert all(len(s) == 1 for s in seeds) and seeds[0] != seeds[1]
+
+
+def test_pages_take_the_models_recommended_settings_until_the_person_changes_them(
+        monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "tuned")
+    (models / "tuned" / "studio.json").write_text(json.dumps({"recommended": {"guidance_scale": 4.5, "steps": 12,
+                                                                               "fidelity": 0.8}}))
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(models))
+    monkeypatch.setenv("STUDIO_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    at = open_page("scribble")
+    assert (at.session_state["scribble.guidance"], at.session_state["scribble.steps"],
+            at.session_state["scribble.fidelity"]) == (4.5, 12, 0.8)
+    at.slider(key="scribble.steps").set_value(20).run()  # the person's choice wins from now on
+    at.run()
+    assert at.session_state["scribble.steps"] == 20 and at.session_state["scribble.guidance"] == 4.5
+    at.switch_page(PAGES["regions"]).run()
+    assert not at.exception, at.exception
+    assert (at.session_state["regions.guidance"], at.session_state["regions.steps"]) == (4.5, 12)

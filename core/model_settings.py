@@ -1,0 +1,73 @@
+"""Recommended settings a model folder may carry, used where the person has not chosen.
+
+A model folder may hold ``studio.json``::
+
+    {"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5}}
+
+(every key optional). The CLI uses these values for flags left out, and the app for its
+sliders' first values; what a person sets always wins. A model whose best guidance differs
+from SD's 7.5 (the bundled demo model paints some nights flat navy at 7.5) says so here.
+The file comes with the model, so it is validated like any other input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import StudioError
+from .inputs import read_json_file
+from .requests import check_int, check_range
+
+SETTINGS_FILE = "studio.json"
+EXAMPLE = '{"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5}}'
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """Settings for a model; None: the caller's own default."""
+
+    guidance_scale: float | None = None  # classifier-free guidance w
+    steps: int | None = None  # sampling steps
+    fidelity: float | None = None  # stroke guidance's fidelity slider (0..1)
+
+    def __post_init__(self) -> None:
+        if self.guidance_scale is not None:
+            check_range("Recommended guidance_scale", self.guidance_scale, 0, 50)
+        if self.steps is not None:
+            check_int("Recommended steps", self.steps, 1, 1000)
+        if self.fidelity is not None:
+            check_range("Recommended fidelity", self.fidelity, 0, 1)
+
+    def get(self, name: str, default: Any) -> Any:
+        value = getattr(self, name)
+        return default if value is None else value
+
+
+def read_recommended(folder: str | Path) -> Recommended:
+    """The folder's ``studio.json`` recommendations (none when the file is absent)."""
+    path = Path(folder) / SETTINGS_FILE
+    if not path.exists():
+        return Recommended()
+    data = read_json_file(path, "Model settings file", EXAMPLE)
+    if not isinstance(data, dict) or set(data) - {"recommended"} or not isinstance(data.get("recommended", {}), dict):
+        raise StudioError(f"Model settings file {path} must look like {EXAMPLE}.")
+    values = data.get("recommended", {})
+    known = {f.name for f in fields(Recommended)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise StudioError(f"Model settings file {path}: unknown setting(s) {', '.join(unknown)}; "
+                          f"use {', '.join(sorted(known))}.")
+    try:
+        return Recommended(**values)
+    except StudioError as exc:
+        raise StudioError(f"Model settings file {path}: {exc}") from exc
+
+
+def recommended_for(model: str | None) -> Recommended:
+    """Recommendations of a model spec (as the loader takes it) without loading the model;
+    hub ids and single files have none."""
+    from .loading import resolve_model
+
+    source, location = resolve_model(model)
+    return read_recommended(location) if source == "folder" else Recommended()
