@@ -43,6 +43,8 @@ class DatasetConfig:
     with_scribbles: bool = False
     styles: tuple[str, ...] = P.STYLES
     start: int = 0  # first index (to extend a dataset)
+    crops: float = 0.0  # share of object-centred crops captioned by what they show
+    simple: float = 0.0  # share of quickly drawn layouts (one to three kinds of object)
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -66,21 +68,43 @@ def item_scene(seed: int, index: int, styles: Sequence[str] = P.STYLES) -> tuple
     return scene, style, P.caption(scene, style, rng)
 
 
+def item_view(config: DatasetConfig, index: int) -> tuple[P.Scene, str, str, P.Crop | None, str]:
+    """(scene, style, caption, crop or None, kind) of item ``index``: a whole scene, a
+    quickly drawn ("simple") one, or an object-centred crop, in the shares of ``config``.
+    With no crops and no simple layouts this is :func:`item_scene`."""
+    scene, style, text = item_scene(config.seed, index, config.styles)
+    if config.crops <= 0 and config.simple <= 0:
+        return scene, style, text, None, "scene"
+    rng = np.random.default_rng([item_seed(config.seed, index), 2])
+    draw = rng.random()
+    if draw < config.crops:
+        crop = P.sample_crop(scene, rng)
+        if crop is not None:
+            return scene, style, P.crop_caption(scene, crop, style, rng), crop, "crop"
+    elif draw < config.crops + config.simple:
+        scene = P.simplify(scene, rng)
+        return scene, style, P.caption(scene, style, rng), None, "simple"
+    return scene, style, text, None, "scene"
+
+
 def make_item(config: DatasetConfig, index: int) -> dict:
     """Render item ``index`` and write its files; returns its metadata line."""
-    scene, style, text = item_scene(config.seed, index, config.styles)
+    scene, style, text, crop, kind = item_view(config, index)
     name = f"{index:06d}.png"
-    _write_png(config.out / name, P.render_painting(scene, config.size, style))
+    image = (P.render_painting(scene, config.size, style) if crop is None
+             else P.render_crop(scene, crop, config.size, style))
+    _write_png(config.out / name, image)
     line = {
         "file_name": name,
         "text": text,
         "style": style,
         "time": scene.time,
-        "objects": P.scene_object_names(scene),
-        "labels": P.scene_labels(scene, style)["objects"],
+        "objects": P.scene_object_names(scene) if crop is None else sorted(crop.shares),
+        "labels": P.scene_labels(scene, style)["objects"] if crop is None else P.crop_labels(crop),
         "seed": scene.seed,
+        "kind": kind,
     }
-    if config.with_scribbles:
+    if config.with_scribbles and crop is None:
         _write_png(config.out / "scribbles" / name, P.render_scribble(scene, config.size))
         labels, names, _ = P.render_region_map(scene, config.size)
         _write_png(config.out / "regions" / name, labels.astype(np.uint8))
@@ -141,10 +165,17 @@ def parse_args(argv: Sequence[str] | None = None) -> DatasetConfig:
                         help=f"comma separated subset of {','.join(P.STYLES)}")
     parser.add_argument("--start", type=int, default=0,
                         help="first index; > 0 appends to an existing dataset")
+    parser.add_argument("--crops", type=float, default=0.0,
+                        help="share of object-centred crops captioned by what they show (0..1)")
+    parser.add_argument("--simple", type=float, default=0.0,
+                        help="share of quickly drawn layouts with one to three kinds of object (0..1)")
     a = parser.parse_args(argv)
+    if not (0 <= a.crops <= 1 and 0 <= a.simple <= 1 and a.crops + a.simple <= 1):
+        parser.error("--crops and --simple are shares between 0 and 1 that add up to at most 1")
     styles = tuple(P.normalise_style(s) for s in a.styles.split(",") if s.strip())
     workers = max(1, min(a.workers, os.cpu_count() or 1))
-    return DatasetConfig(a.out, a.count, a.size, a.seed, workers, a.with_scribbles, styles, a.start)
+    return DatasetConfig(a.out, a.count, a.size, a.seed, workers, a.with_scribbles, styles, a.start,
+                         a.crops, a.simple)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -68,7 +68,9 @@ _SKY = {
     "sunset": (["purple", "indigo", "pink", "orange"], ["orange", "yellow", "pink", "golden"]),
     "night": (["navy", "dark blue", "black", "indigo"], ["indigo", "dark blue", "purple", "teal"]),
 }
-_SUN = {"day": ["yellow", "white", "golden"], "sunset": ["red", "orange", "yellow", "pink"]}
+# The app's palette colours (red, orange, ...) appear on objects, so what a person draws and
+# names ("a red sun by day") is something the model has seen.
+_SUN = {"day": ["yellow", "white", "golden", "red", "orange"], "sunset": ["red", "orange", "yellow", "pink"]}
 _MOON = ["white", "yellow", "silver"]
 _CLOUDS = {"day": ["white", "grey", "silver"], "sunset": ["pink", "orange", "purple", "golden"],
            "night": ["grey", "dark grey", "indigo"]}
@@ -77,11 +79,11 @@ _HILLS = ["green", "dark green", "light green", "olive", "ochre"]
 _GROUND = ["green", "light green", "olive", "dark green", "ochre"]
 _SHORE = ["beige", "ochre", "green"]
 _WATER = ["blue", "turquoise", "teal", "dark blue", "light blue"]
-_FIELD = ["golden", "yellow", "green", "lavender", "ochre"]
-_FLOWERS = ["red", "yellow", "white", "purple", "pink", "orange", "violet"]
+_FIELD = ["golden", "yellow", "green", "lavender", "ochre", "red", "purple"]
+_FLOWERS = ["red", "yellow", "white", "purple", "pink", "orange", "violet", "blue"]
 _WALLS = ["white", "red", "yellow", "beige", "blue", "pink", "brown"]
 _ROOFS = ["red", "brown", "dark grey", "dark red", "blue", "black"]
-_CROWNS = ["green", "dark green", "light green", "olive", "orange", "red", "golden"]
+_CROWNS = ["green", "dark green", "light green", "olive", "orange", "red", "golden", "pink"]
 _HULLS = ["red", "brown", "white", "blue", "yellow", "black"]
 _SAILS = ["white", "red", "yellow", "beige"]
 
@@ -450,6 +452,20 @@ def sample_scene(seed: int) -> Scene:
     scene.objects += _sample_trees(rng, scene, taken)
     scene.objects += _sample_boats(rng, scene)
     return scene
+
+
+def simplify(scene: Scene, rng: Rng) -> Scene:
+    """A quickly drawn layout: sky, ground and the objects of one to three kinds of ``scene``
+    (boats keep their water), as a person sketches a few big shapes."""
+    kinds = sorted({o.kind for o in scene.objects})
+    if not kinds:
+        return scene
+    count = min(len(kinds), int(rng.integers(1, 4)))
+    keep = {kinds[int(i)] for i in rng.choice(len(kinds), size=count, replace=False)}
+    if "boat" in keep:
+        keep.add("water")
+    objects = [o for o in scene.objects if o.kind in keep]
+    return Scene(scene.seed, scene.time, scene.horizon, scene.sky, scene.sky_low, scene.ground, objects)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -883,6 +899,113 @@ def _main_colour(scene: Scene, kind: str) -> RGB:
     return r, g, b
 
 
+# -------------------------------------------------------------------------------- crops
+
+# What an object-centred crop is centred on, with how often (small objects more often: the
+# whole scenes show the big areas anyway).
+_CROP_TARGETS = {"sun": 3.0, "moon": 3.0, "house": 2.0, "tree": 2.0, "boat": 2.0, "flowers": 1.5,
+                 "field": 1.5, "mountains": 1.5, "clouds": 1.0, "water": 1.0, "hills": 1.0}
+_CROP_MIN_SHARE = 0.06  # a kind is named in a crop's caption when it covers this much of it
+
+
+@dataclass(frozen=True)
+class Crop:
+    """An object-centred square view of a scene: the window in image fractions and the
+    share of the view each visible kind covers."""
+
+    target: str
+    x0: float
+    y0: float
+    side: float
+    shares: dict[str, float]  # kind (or "sky", "ground") -> fraction of the view
+
+
+def sample_crop(scene: Scene, rng: Rng, size: int = 128) -> Crop | None:
+    """A square window (1/3 to 2/3 of the picture wide) centred near one object; None when
+    the scene has nothing to centre on. ``size`` is the label-map resolution used to measure."""
+    _, labels = _rasterise(scene, size, detailed=False)
+    id_to_kind = {v: k for k, v in LABEL_IDS.items()}
+    present = {id_to_kind[int(v)] for v in np.unique(labels)}
+    kinds = [k for k in _CROP_TARGETS if k in present]
+    if not kinds:
+        return None
+    weights = np.array([_CROP_TARGETS[k] for k in kinds])
+    target = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+    ys, xs = np.nonzero(labels == LABEL_IDS[target])
+    pick = int(rng.integers(len(xs)))
+    side = float(rng.uniform(1 / 3, 2 / 3))
+    cx = (xs[pick] + 0.5) / size + rng.uniform(-0.15, 0.15) * side
+    cy = (ys[pick] + 0.5) / size + rng.uniform(-0.15, 0.15) * side
+    x0 = float(np.clip(cx - side / 2, 0.0, 1.0 - side))
+    y0 = float(np.clip(cy - side / 2, 0.0, 1.0 - side))
+    r0, r1 = int(round(y0 * size)), int(round((y0 + side) * size))
+    c0, c1 = int(round(x0 * size)), int(round((x0 + side) * size))
+    window = labels[r0:r1, c0:c1]
+    shares = {id_to_kind[int(v)]: float(np.mean(window == v)) for v in np.unique(window)}
+    return Crop(target, x0, y0, side, shares)
+
+
+def render_crop(scene: Scene, crop: Crop, size: int = 256, style: str = "watercolor") -> np.ndarray:
+    """The painting of ``scene`` rendered large enough that ``crop`` is ``size`` pixels wide,
+    cut out: (size, size, 3) uint8."""
+    big = int(np.ceil(size / crop.side / 8)) * 8
+    img = render_painting(scene, big, style)
+    r0, c0 = int(round(crop.y0 * big)), int(round(crop.x0 * big))
+    out = img[r0:r0 + size, c0:c0 + size]
+    if out.shape[:2] != (size, size):  # rounding at the far edge
+        out = cv2.resize(img[r0:, c0:], (size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(out)
+
+
+def _crop_scene(scene: Scene, crop: Crop) -> Scene:
+    """The scene with only the objects the crop shows (so counts and colours are right)."""
+    def inside(o: SceneObject) -> bool:
+        if o.kind not in ("house", "tree", "boat", "clouds"):
+            return True
+        cy = o.y - o.h / 2 if o.kind in ("house", "tree", "boat") else o.y
+        return crop.x0 <= o.x <= crop.x0 + crop.side and crop.y0 <= cy <= crop.y0 + crop.side
+    kept = [o for o in scene.objects if inside(o)]
+    return Scene(scene.seed, scene.time, scene.horizon, scene.sky, scene.sky_low, scene.ground, kept)
+
+
+def crop_labels(crop: Crop) -> dict[str, bool]:
+    """Presence of the attribute objects in a crop (as :func:`scene_labels`' "objects")."""
+    shown = {_KIND_TO_ATTRIBUTE.get(k, k) for k, share in crop.shares.items() if share > 0}
+    return {name: name in shown for name in ATTRIBUTE_OBJECTS}
+
+
+def crop_sky_colour(scene: Scene, crop: Crop) -> str:
+    """The sky colour word of the crop: the top colour high up, the horizon colour lower."""
+    centre = crop.y0 + crop.side / 2
+    return scene.sky if centre < 0.5 * scene.horizon else scene.sky_low
+
+
+def crop_caption(scene: Scene, crop: Crop, style: str, rng: Rng) -> str:
+    """Describe what a crop shows: its objects with their colours (largest first, the
+    target always), its sky and ground, sometimes the time of day, and the style."""
+    shown = _crop_scene(scene, crop)
+    order = sorted((k for k in crop.shares if k not in ("sky", "ground")), key=lambda k: -crop.shares[k])
+    kinds = [k for k in order if (k == crop.target or crop.shares[k] >= _CROP_MIN_SHARE) and shown.has(k)]
+    if crop.target in kinds:  # the target first
+        kinds.remove(crop.target)
+        kinds.insert(0, crop.target)
+    items = [coloured_phrase(shown, k, rng) if k == crop.target else _noun_phrase(shown, k, rng) for k in kinds[:3]]
+    if crop.shares.get("ground", 0.0) >= 0.25 and rng.random() < 0.6:
+        items.append(f"{scene.ground} ground")
+    sky = ""
+    if crop.shares.get("sky", 0.0) >= 0.15:
+        colour = crop_sky_colour(scene, crop)
+        sky = f" {_pick(rng, ['in', 'under'])} {_with_article(colour)} sky"
+    style_phrase = _pick(rng, _STYLE_PHRASES[normalise_style(style)])
+    time_phrase = f" {_pick(rng, _TIME_PHRASES[scene.time])}" if rng.random() < 0.5 else ""
+    subject = _join(items) if items else f"{_with_article(crop_sky_colour(scene, crop))} sky"
+    if rng.random() < 0.5:
+        text = f"{style_phrase} of {subject}{sky}{time_phrase}"
+    else:
+        text = f"{subject}{sky}{time_phrase}, {style_phrase}"
+    return text[0].lower() + text[1:]
+
+
 # ------------------------------------------------------------------------------- styles
 
 
@@ -1214,6 +1337,25 @@ def _noun_phrase(scene: Scene, kind: str, rng: Rng) -> str:
         noun = _counted(objs, word, word + "s", c)
         return noun + (f" with {o.colour2} sails" if o.colour2 and rng.random() < 0.3 else "")
     raise ValueError(kind)
+
+
+def coloured_phrase(scene: Scene, kind: str, rng: Rng) -> str:
+    """How a caption names the objects of one kind, always with their colour ("a turquoise river", not "a river")."""
+    phrase = _noun_phrase(scene, kind, rng)
+    obj = scene.of(kind)[0]
+    if obj.colour not in phrase:  # water may be "a river" / "the sea"
+        phrase = _with_article(f"{obj.colour} {region_name(scene, kind)}")
+    return phrase
+
+
+def with_article(phrase: str) -> str:
+    """``phrase`` with "a" or "an" before it."""
+    return _with_article(phrase)
+
+
+def style_phrase(style: str, rng: Rng) -> str:
+    """One of the ways a caption names ``style`` ("a watercolor painting", "oil on canvas")."""
+    return _pick(rng, _STYLE_PHRASES[normalise_style(style)])
 
 
 def _join(parts: list[str]) -> str:

@@ -167,6 +167,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True  # not Linux: cannot tell, trust the user's choice
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
     """Mixed precision dtype. ``auto``: bf16 (or fp16) on CUDA, off elsewhere. ``bf16`` also works on
     a CPU (autocast; about 1.4x faster training steps on a CPU with AVX512-BF16); fp16 is CUDA only."""
@@ -175,6 +184,9 @@ def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
     if device.type != "cuda":
         if mode == "fp16":
             raise StudioError("--mixed-precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
+        if mode == "bf16" and not cpu_has_bf16():
+            log.warning("--mixed-precision bf16 on a CPU without AVX512-BF16/AMX is emulated and many times "
+                        "slower than fp32 here: use --mixed-precision no")
         return torch.bfloat16 if mode == "bf16" else None
     if mode == "fp16":
         return torch.float16
