@@ -31,6 +31,7 @@ Writes bench/results/NAME.{json,md} and NAME-stroke.png (realism against faithfu
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -200,6 +201,38 @@ def region_map_image(item: RegionScene) -> np.ndarray:
     return out
 
 
+# ------------------------------------------------------------------------------- the VAE
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
+def run_vae(engine: Engine, count: int, say: Say) -> dict[str, Any]:
+    """Can the model's autoencoder carry the colours at all? Region colour accuracy (as above)
+    of the held-out region scenes' flat scribbles and paintings, before and after a round trip
+    through the VAE (encode, decode: what every generated image passes through), and PSNR."""
+    items = region_scenes(count)
+    hits: dict[str, list[bool]] = {k: [] for k in VAE_ROWS}
+    values: dict[str, list[float]] = {"scribble": [], "painting": []}
+    for n, item in enumerate(items):
+        flat = P.render_scribble(item.scene, SIZE)
+        painting = P.render_painting(item.scene, SIZE, item.style)
+        trips = E.vae_round_trip(engine, np.stack([flat, painting]))
+        for key, image in (("flat scribble", flat), ("flat scribble after VAE round trip", trips[0]),
+                           ("painting", painting), ("painting after VAE round trip", trips[1])):
+            hits[key] += score_regions(image, item)
+        values["scribble"].append(psnr(flat, trips[0]))
+        values["painting"].append(psnr(painting, trips[1]))
+        say(f"vae: scene {n + 1}/{len(items)}")
+    return {"scenes": len(items), "regions": len(hits["painting"]),
+            "accuracy": {k: float(np.mean(v)) for k, v in hits.items()},
+            "psnr": {k: float(np.mean(v)) for k, v in values.items()}}
+
+
+VAE_ROWS = ("flat scribble", "flat scribble after VAE round trip", "painting", "painting after VAE round trip")
+
+
 # -------------------------------------------------------------------------------- stroke
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -353,7 +386,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Quality bench: `{report['model']}`", "",
              f"`{report['command']}`: {report['seconds']:.0f} s on {report['threads']} CPU threads; {SIZE}x{SIZE}, "
              f"DDIM {report['steps']} steps, CFG 7.5, seed {report['seed']}; held-out scenes of dataset seed "
-             f"{HELDOUT_SEED}.", ""]
+             f"{HELDOUT_SEED}."]
+    lines += [f"Parts kept from an earlier run: `{c}`." for c in report.get("earlier_commands", [])] + [""]
     if "regions" in report:
         r = report["regions"]
         acc = r["accuracy"]
@@ -373,6 +407,18 @@ def markdown(report: dict[str, Any]) -> str:
             cells = [f"{rows[k][0]}/{rows[k][1]}" for k in ("MultiDiffusion", "text-to-image, background prompt",
                                                             "real painting (ceiling)")]
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "vae" in report:
+        v = report["vae"]
+        lines += ["## The autoencoder: can it carry the colours?", "",
+                  f"The same {v['scenes']} scenes ({v['regions']} regions): region colour accuracy of the flat scribble "
+                  "and of the painting, before and after a round trip through the model's VAE (every generated image "
+                  "is a VAE decoding), and the round trip's PSNR.", "",
+                  "| image | region colour accuracy | round-trip PSNR |", "|---|---|---|"]
+        for row in VAE_ROWS:
+            key = "scribble" if row.startswith("flat") else "painting"
+            cell = f"{v['psnr'][key]:.1f} dB" if "after" in row else ""
+            lines.append(f"| {row} | {_pct(v['accuracy'][row])} | {cell} |")
         lines.append("")
     if "stroke" in report:
         s = report["stroke"]
@@ -423,15 +469,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--text-count", type=int, default=100, help="held-out captions for the text rows")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parts", default="regions,stroke,text")
+    parser.add_argument("--parts", default="regions,vae,stroke,text",
+                        help="what to measure; parts not run keep their figures from an earlier run of the same model")
     parser.add_argument("--classifier-count", type=int, default=2000, help="classifier training images")
     parser.add_argument("--real-count", type=int, default=200, help="real held-out paintings for the distance")
     parser.add_argument("--name", default="quality")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not parts <= {"regions", "stroke", "text"}:
-        parser.error("--parts takes regions, stroke and text")
+    if not parts <= {"regions", "vae", "stroke", "text"}:
+        parser.error("--parts takes regions, vae, stroke and text")
     torch.set_num_threads(args.threads)
     say: Say = E._stderr
     t0 = time.perf_counter()
@@ -441,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                               "command": "python -m bench.bench_quality " + " ".join(argv or __import__("sys").argv[1:])}
     if "regions" in parts:
         report["regions"] = run_regions(engine, args.scenes, args.steps, args.seed, say)
+    if "vae" in parts:
+        report["vae"] = run_vae(engine, args.scenes, say)
     if parts & {"stroke", "text"}:
         config = E.EvalConfig(model=args.model, count=args.text_count, train_count=args.classifier_count,
                               vae_train_count=min(400, args.classifier_count // 5), steps=args.steps, seed=args.seed)
@@ -462,10 +511,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     report["seconds"] = time.perf_counter() - t0
     say("done\n")
     RESULTS.mkdir(exist_ok=True)
-    if "stroke" in report:
+    if "stroke" in parts:
         plot_stroke(report["stroke"]["rows"], RESULTS / f"{args.name}-stroke.png", f"Stroke guidance on {engine.bundle.name}")
-    if "regions" in report:
+    if "regions" in parts:
         example_grid(report, RESULTS / f"{args.name}-regions.png")
+    earlier = RESULTS / f"{args.name}.json"
+    if earlier.is_file():  # keep the parts not run now, when they measured the same model
+        old = json.loads(earlier.read_text())
+        if old.get("model") == report["model"]:
+            for part in ("regions", "vae", "stroke", "text"):
+                if part not in parts and part in old:
+                    report[part] = old[part]
+                    report.setdefault("earlier_commands", []).append(old.get("command"))
     table = markdown(report)
     data = {k: v for k, v in report.items() if k not in ("regions", "stroke")}
     if "regions" in report:

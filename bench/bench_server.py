@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from playwright.sync_api import sync_playwright
 
 from bench.common import RESULTS, write_results
 from tests.test_browser import (CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, open_app, open_expander, set_slider,
-                                type_into, visible, wait_idle)
+                                type_into, visible, wait_idle, wait_until_healthy)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "pretrained_models"
@@ -92,17 +91,11 @@ class Server:
             env["OMP_NUM_THREADS"] = str(threads)
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if self.process.poll() is not None or time.time() > deadline:
-                    self.close()
-                    raise RuntimeError(f"streamlit did not start; see {self.log_path}")
-                time.sleep(0.3)
+        try:
+            wait_until_healthy(self.url, self.process, self.log_path, timeout=90)
+        except RuntimeError:
+            self.close()
+            raise
 
     def stats(self) -> dict[str, Any]:
         """The latest figures (rewritten every second by the server; wait for a fresh one)."""

@@ -5,6 +5,7 @@ It is committed, so these tests never skip: a missing or broken model is a failu
 from __future__ import annotations
 
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -114,3 +115,91 @@ def test_region_fusion_paints_each_half_its_own_time_of_day(demo: Engine) -> Non
         image = demo.run(MultiDiffusionRequest(prompt="an oil painting of hills", regions=regions,
                                                steps=STEPS, seed=seed)).images[0]
         assert warmth(image, cols=slice(0, half - 16)) > warmth(image, cols=slice(half + 16, SIZE)) + 0.05, seed
+
+
+# --- the scene a new user draws first: a red sun over a green field under a blue sky ------------------
+
+SUN_SCENE = "a watercolor painting of a red sun over a green field under a blue sky by day"
+HORIZON = SIZE * 11 // 20
+SUN = (SIZE // 2, SIZE // 4, SIZE // 7)  # centre x, centre y, radius
+
+
+def sun_scene_masks() -> dict[str, np.ndarray]:
+    """Bool masks of the drawn sun (a circle), the field (below the horizon) and the sky."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    sun = (xx - SUN[0]) ** 2 + (yy - SUN[1]) ** 2 <= SUN[2] ** 2
+    field = yy >= HORIZON
+    return {"sun": sun, "field": field, "sky": ~sun & ~field}
+
+
+def sun_scene_scribble() -> Image.Image:
+    """What a person draws with the palette: blue sky, green field, red sun."""
+    colours = {"sky": (30, 136, 229), "field": (67, 160, 71), "sun": (229, 57, 53)}
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    for name, mask in sun_scene_masks().items():
+        image[mask] = colours[name]
+    return Image.fromarray(image)
+
+
+def inner(mask: np.ndarray, margin: int = 6) -> np.ndarray:
+    """The mask shrunk by ``margin`` pixels (edges blur into the neighbours)."""
+    return cv2.erode(mask.astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)).astype(bool)
+
+
+def mean_rgb(image: Image.Image, mask: np.ndarray) -> np.ndarray:
+    return pixels(image)[inner(mask)].mean(0)
+
+
+def is_red(rgb: np.ndarray) -> bool:
+    return rgb[0] > rgb[1] + 0.12 and rgb[0] > rgb[2] + 0.12
+
+
+def is_green(rgb: np.ndarray) -> bool:
+    return rgb[1] > rgb[0] + 0.04 and rgb[1] > rgb[2] + 0.04
+
+
+# Known to fail with today's bundled model (issue #11): its VAE cannot carry flat saturated colours.
+# A round trip of this very scribble turns the red sun (0.90, 0.22, 0.21) into (0.75, 0.71, 0.61)
+# and the green field into blue-grey, so no method can paint them (bench_quality's "vae" part).
+# strict: when a new model paints them, these pass and the marker must go.
+VAE_CANNOT_CARRY_FLAT_COLOURS = pytest.mark.xfail(
+    strict=True, reason="the bundled model's VAE turns flat red and green into greys (bench/results/quality.md)")
+
+
+@VAE_CANNOT_CARRY_FLAT_COLOURS
+def test_gradop_plus_paints_the_drawn_red_sun_red_and_the_field_green(demo: Engine) -> None:
+    scribble, masks = sun_scene_scribble(), sun_scene_masks()
+    for seed in (0, 1):
+        image = demo.run(stroke_request(SUN_SCENE, scribble, steps=20, seed=seed)).images[0]
+        sun, field = mean_rgb(image, masks["sun"]), mean_rgb(image, masks["field"])
+        assert is_red(sun), (seed, sun)
+        assert is_green(field), (seed, field)
+
+
+def sun_scene_regions(sun_prompt: str | None) -> tuple[Region, ...]:
+    masks = sun_scene_masks()
+    field = Region(mask=masks["field"], prompt="a watercolor painting of a green field", name="field")
+    if sun_prompt is None:
+        return (field,)
+    return (Region(mask=masks["sun"], prompt=sun_prompt, name="sun"), field)
+
+
+def region_image(demo: Engine, regions: tuple[Region, ...], seed: int) -> Image.Image:
+    request = MultiDiffusionRequest(prompt="a watercolor painting of a blue sky by day", regions=regions,
+                                    width=SIZE, height=SIZE, steps=20, seed=seed)
+    return demo.run(request).images[0]
+
+
+@VAE_CANNOT_CARRY_FLAT_COLOURS
+def test_region_prompts_paint_a_red_sun_and_a_green_field_where_they_are_drawn(demo: Engine) -> None:
+    masks = sun_scene_masks()
+    for seed in (0, 1):
+        with_sun = region_image(demo, sun_scene_regions("a watercolor painting of a red sun"), seed)
+        without = region_image(demo, sun_scene_regions(None), seed)
+        sun, field = mean_rgb(with_sun, masks["sun"]), mean_rgb(with_sun, masks["field"])
+        assert is_red(sun), (seed, sun)
+        assert is_green(field), (seed, field)
+        # left to the background prompt, the same circle is not red: the region's prompt made it so
+        assert not is_red(mean_rgb(without, masks["sun"])), seed
+        assert np.abs(sun - mean_rgb(without, masks["sun"])).max() > 0.15, seed
+

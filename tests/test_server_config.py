@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -94,14 +93,7 @@ def test_one_sessions_progress_polling_takes_a_small_share_of_a_core(tmp_path: P
              str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "streamlit.log").read_text()
-                time.sleep(0.3)
+        browser_test.wait_until_healthy(url, server, tmp_path / "streamlit.log")
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(browser_test.CHROMIUM),
                                                  args=browser_test.CHROMIUM_ARGS)
@@ -126,11 +118,7 @@ def test_one_sessions_progress_polling_takes_a_small_share_of_a_core(tmp_path: P
             page.get_by_text("Cancelled.").wait_for(timeout=60_000)
             browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        browser_test.stop(server)
     print(f"one session polling: {share:.1%} of a core, {updates} web socket messages in 5 s")
     assert updates >= 3, f"the progress panel did not poll ({updates} web socket messages in 5 s)"
     assert share < 0.25, f"one session's progress polling took {share:.0%} of a core"

@@ -1,0 +1,44 @@
+"""The quality bench's measures: colour naming, the Frechet distance, the held-out region scenes."""
+from __future__ import annotations
+
+import numpy as np
+
+from bench import bench_quality as Q
+from training import procedural as P
+
+
+def test_every_colour_word_names_its_own_colour_and_lab_is_right() -> None:
+    for word, rgb in P.PALETTE.items():
+        assert Q.nearest_colour_word(rgb) == word
+    assert np.allclose(Q.srgb_to_lab(np.array([255, 255, 255])), [100, 0, 0], atol=0.05)
+    assert np.allclose(Q.srgb_to_lab(np.array([0, 0, 0])), [0, 0, 0], atol=1e-6)
+
+
+def test_frechet_distance_is_zero_for_the_same_set_and_the_mean_shift_squared_for_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6))
+    assert abs(Q.frechet_distance(a, a)) < 1e-6
+    shift = np.array([1.0, -2.0, 0, 0, 0, 0.5])
+    assert abs(Q.frechet_distance(a, a + shift) - float(shift @ shift)) < 1e-6
+    assert Q.frechet_distance(a, 2 * a) > 1.0  # a wider spread is far too
+
+
+def test_region_scenes_are_held_out_daytime_with_a_coloured_prompt_per_region() -> None:
+    items = Q.region_scenes(4)
+    assert len(items) == 4
+    for item in items:
+        assert item.scene.time == "day" and "sky" in item.background
+        for (kind, prompt, mask), colour in zip(item.regions, item.colours):
+            assert colour in prompt and colour in P.PALETTE and mask.mean() >= Q.MIN_REGION and kind != "sky"
+        flat = P.render_scribble(item.scene, Q.SIZE)
+        assert all(Q.score_regions(flat, item))  # a flat scribble of the scene names every colour right
+
+
+def test_the_sweep_covers_the_papers_comparison() -> None:
+    names = Q.stroke_settings()
+    assert {"SDEdit 0.6", "GradOP+ 1.00", "GradOP+ 0.00", "GradOP 0.50", "text-to-image"} <= set(names)
+    rows = {"SDEdit 0.5": {"faithfulness": 0.02, "frechet": 10.0}, "SDEdit 0.6": {"faithfulness": 0.04, "frechet": 8.0},
+            "GradOP+ 0.50": {"faithfulness": 0.05, "frechet": 6.0}, "GradOP+ 1.00": {"faithfulness": 0.01, "frechet": 7.0}}
+    claims = Q.stroke_claims(rows)
+    assert claims["below_sdedit"] and claims["fidelity1_as_faithful_as_sdedit06"]
+    assert {c["sdedit"] for c in claims["compared"]} == {"SDEdit 0.5", "SDEdit 0.6"}
