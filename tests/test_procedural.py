@@ -195,3 +195,10 @@ def test_dataset_mixes_scenes_crops_and_simple_layouts(tmp_path) -> None:
         scene, style, text, crop, kind = item_view(plain, i)
         assert (kind, crop) == ("scene", None) and (scene.seed, style, text) == \
             (item_scene(0, i)[0].seed, item_scene(0, i)[1], item_scene(0, i)[2])
+
+
+def test_a_crop_caption_names_the_sky_once() -> None:
+    for seed in range(60):
+        scene, rng = P.sample_scene(seed), np.random.default_rng(seed)
+        crop = P.sample_crop(scene, rng)
+        assert P.crop_caption(scene, crop, "ink", rng).count(" sky") <= 1

@@ -997,7 +997,8 @@ def crop_caption(scene: Scene, crop: Crop, style: str, rng: Rng) -> str:
         colour = crop_sky_colour(scene, crop)
         sky = f" {_pick(rng, ['in', 'under'])} {_with_article(colour)} sky"
     style_phrase = _pick(rng, _STYLE_PHRASES[normalise_style(style)])
-    time_phrase = f" {_pick(rng, _TIME_PHRASES[scene.time])}" if rng.random() < 0.5 else ""
+    times = [t for t in _TIME_PHRASES[scene.time] if not (sky and "sky" in t)]  # not "a sky under the sky"
+    time_phrase = f" {_pick(rng, times)}" if rng.random() < 0.5 else ""
     subject = _join(items) if items else f"{_with_article(crop_sky_colour(scene, crop))} sky"
     if rng.random() < 0.5:
         text = f"{style_phrase} of {subject}{sky}{time_phrase}"
