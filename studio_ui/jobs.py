@@ -8,11 +8,11 @@ worker catches everything and moves on. No streamlit here, so it is unit-testabl
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,6 +52,8 @@ class Job:
     session: str
     label: str
     work: Work = field(repr=False)
+    page: str = ""  # the page that submitted it (a reloaded page looks for its own jobs)
+    context: Any = field(default=None, repr=False)  # what the page needs to show it again after a reload
     status: str = QUEUED
     stage: str = ""
     step: int = 0
@@ -95,20 +97,22 @@ class Job:
 class JobQueue:
     """A FIFO of jobs served by one daemon worker thread (started on first submit)."""
 
-    def __init__(self, keep_finished: int = 200) -> None:
+    def __init__(self, keep_finished: int = 200, keep_context: int = 20) -> None:
         self._queue: "queue.Queue[Job]" = queue.Queue()
         self._jobs: dict[str, Job] = {}
         self._waiting: list[str] = []  # ids of queued jobs, in order
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
-        self._keep_finished = keep_finished
+        self._keep_finished, self._keep_context = keep_finished, keep_context
         self.current: Job | None = None
 
-    def submit(self, session: str, label: str, work: Work) -> Job:
+    def submit(self, session: str, label: str, work: Work, *, page: str = "", context: Any = None) -> Job:
+        """Queue ``work``. The id is random (a page puts it in its address, so it must not be
+        guessable); ``context`` is kept until the job is done and for the newest
+        ``keep_context`` finished jobs that have no result (failed or cancelled)."""
         with self._lock:
-            job = Job(id=f"job-{next(self._ids)}-{int(time.time() * 1000) % 100000}", session=session,
-                      label=label, work=work)
+            job = Job(id=uuid.uuid4().hex[:16], session=session, label=label, work=work, page=page,
+                      context=context)
             self._jobs[job.id] = job
             self._waiting.append(job.id)
             self._prune()
@@ -154,6 +158,8 @@ class JobQueue:
         finished = sorted((j for j in self._jobs.values() if j.done), key=lambda j: j.finished or 0)
         for job in finished[:max(0, len(finished) - self._keep_finished)]:
             self._jobs.pop(job.id, None)
+        for job in finished[:max(0, len(finished) - self._keep_context)]:
+            job.context = None
 
     def _serve(self) -> None:
         while True:
@@ -179,6 +185,8 @@ class JobQueue:
                     _free_gpu_memory()
             finally:
                 job.finished = time.time()
+                if job.status == DONE:
+                    job.context = None  # the result carries it from now on
                 with self._lock:
                     self.current = None
 

@@ -43,12 +43,9 @@ def canvas_state(page: str, drawing: Any, dims: tuple[int, int], **extra: Any) -
             "raster_png": b64(raster[1]) if raster else None, **extra}
 
 
-def restore(item: GalleryItem) -> str | None:
-    """Restore ``item``'s page state; returns the page file to switch to (None: not restorable)."""
-    ui = item.ui
-    page = ui.get("page") or item.page
-    if page not in PAGE_FILES:
-        return None
+def restore_ui(page: str, ui: dict[str, Any]) -> None:
+    """Write a page's saved ``ui`` state (see :func:`ui_state`) back into the session; the
+    page remounts its canvas and tables from it on its next run."""
     for key, value in (ui.get("settings") or {}).items():
         ss[f"{page}.{key}"] = value
     if ui.get("seed") is not None:
@@ -70,8 +67,17 @@ def restore(item: GalleryItem) -> str | None:
         ss[f"{page}.{key}"] = unb64(value)
     ss[f"{page}.upload_rev"] = int(ss.get(f"{page}.upload_rev", 0)) + 1
     ss[f"{page}.upload_id"] = None
+    ss["_entered"] = None  # the page remounts its canvas and tables from this state
+
+
+def restore(item: GalleryItem) -> str | None:
+    """Restore ``item``'s page state; returns the page file to switch to (None: not restorable)."""
+    ui = item.ui
+    page = ui.get("page") or item.page
+    if page not in PAGE_FILES:
+        return None
+    restore_ui(page, ui)
     ss[f"{page}.results"] = [item.id]
     ss[f"{page}.message"] = ("info", f"Opened from the gallery: “{item.title[:80]}”. Everything is as it was; "
                                      "press Generate to make it again or change it first.")
-    ss["_entered"] = None  # the page remounts its canvas and tables from this state
     return PAGE_FILES[page]

@@ -24,6 +24,7 @@ from core.model_settings import Recommended, recommended_for
 
 from .gallery import GalleryItem, GalleryStore, outputs_dir
 from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
+from .restore import restore_ui
 
 ss = st.session_state
 OTHER_MODEL = "Other (path or hub id)…"
@@ -32,6 +33,7 @@ GLOBAL_CSS = """<style>
 .block-container, [data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 2rem; }
 h1 { padding-top: 0 !important; }
 </style>"""
+JOB_PARAM = "job"  # the address's query parameter naming the page's latest job
 PAGE_TITLES = {"scribble": "Scribble to Art", "regions": "Region Painter", "panorama": "Panorama", "gallery": "Gallery"}
 
 
@@ -117,6 +119,7 @@ def enter_page(page: str) -> bool:
     """Call first on each page: True when the person just arrived (then remount stateful
     components from saved state)."""
     ensure_router()
+    pick_up_job(page)
     fresh = ss.get("_entered") != page
     ss["_entered"] = page
     if fresh:
@@ -280,9 +283,31 @@ def submit(page: str, engine: Engine, request: Any, *, title: str, ui: dict[str,
         return {"items": [item.id for item in items], "warnings": list(result.warnings),
                 "seconds": round(sum(result.timings.values()), 1)}
 
-    job = get_queue().submit(session_id(), f"{PAGE_TITLES.get(page, page)}: {title[:40]}", work)
+    job = get_queue().submit(session_id(), f"{PAGE_TITLES.get(page, page)}: {title[:40]}", work, page=page,
+                             context=ui)
     ss[f"{page}.job"] = job.id
     ss[f"{page}.message"] = None
+    st.query_params[JOB_PARAM] = job.id  # a reload of this address finds the job again
+
+
+def pick_up_job(page: str) -> None:
+    """After a reload (a new session with the old address), take back the job named in the
+    address: its drawing and settings, and its progress or result. Once per session, and
+    only a job this page submitted (the id is random, so only its address knows it)."""
+    if ss.get("_picked_up") or ss.get(f"{page}.job"):
+        return
+    ss["_picked_up"] = True
+    job = get_queue().get(st.query_params.get(JOB_PARAM))
+    if job is None or job.page != page:
+        return
+    items = [item for item in (get_gallery().get(i) for i in (job.result or {}).get("items", [])) if item]
+    ui = job.context if job.context is not None else (items[0].ui if items else None)
+    if isinstance(ui, dict):
+        restore_ui(page, ui)
+    ss[f"{page}.job"] = job.id
+    if not job.done:
+        ss[f"{page}.message"] = ("info", "Picked up your request after the page reloaded; your drawing and "
+                                         "settings are back.")
 
 
 def generate_button(page: str, engine: Any, available: bool = True) -> bool:

@@ -350,3 +350,66 @@ def test_pages_take_the_models_recommended_settings_until_the_person_changes_the
     at.switch_page(PAGES["regions"]).run()
     assert not at.exception, at.exception
     assert (at.session_state["regions.guidance"], at.session_state["regions.steps"]) == (4.5, 12)
+
+
+def test_a_reloaded_page_picks_its_queued_job_back_up_and_then_its_result(studio: Path) -> None:
+    from studio_ui.shared import JOB_PARAM, get_queue
+
+    gate = threading.Event()
+    blocker = get_queue().submit("someone else", "blocker", steps_work(1, "", gate))  # keeps ours queued
+    try:
+        at = open_page("scribble", **{"scribble.steps": 2, "scribble.method": "SDEdit", "seed": 5})
+        draw(at, "scribble", DRAWING)
+        at.text_area(key="scribble.prompt").set_value("a red sun over a green field").run()
+        at.button(key="scribble.generate").click().run()
+        job_id = at.session_state["scribble.job"]
+        assert job_id and at.query_params[JOB_PARAM] == job_id and len(job_id) == 16
+
+        reloaded = AppTest.from_file(APP, default_timeout=60)  # a new session with the same address
+        reloaded.query_params[JOB_PARAM] = job_id
+        reloaded.run()
+        assert not reloaded.exception, reloaded.exception
+        assert reloaded.session_state["scribble.job"] == job_id
+        assert reloaded.text_area(key="scribble.prompt").value == "a red sun over a green field"
+        assert reloaded.session_state["scribble.drawing"]["objects"] == DRAWING["objects"]
+        assert reloaded.session_state["seed"] == 5
+        assert any("Picked up your request" in i.value for i in reloaded.info)
+        assert reloaded.button(key="scribble.generate").disabled  # its job is still waiting
+
+        elsewhere = AppTest.from_file(APP, default_timeout=60)  # another page's address: not taken
+        elsewhere.query_params[JOB_PARAM] = job_id
+        elsewhere.run()
+        elsewhere.switch_page(PAGES["regions"]).run()
+        assert not elsewhere.exception and "regions.job" not in elsewhere.session_state
+        guessed = AppTest.from_file(APP, default_timeout=60)
+        guessed.query_params[JOB_PARAM] = "job-1-12345"
+        guessed.run()
+        assert not guessed.exception and "scribble.job" not in guessed.session_state
+    finally:
+        gate.set()
+    get_queue().wait(blocker, 10)
+    wait_for_job(reloaded, "scribble")
+    results = reloaded.session_state["scribble.results"]
+    assert len(results) == 1 and (studio / f"{results[0]}.png").is_file()
+    assert get_queue().get(job_id).context is None  # done: the gallery item holds the state now
+
+    later = AppTest.from_file(APP, default_timeout=60)  # reloaded again after it finished
+    later.query_params[JOB_PARAM] = job_id
+    later.run()
+    assert not later.exception, later.exception
+    assert later.session_state["scribble.results"] == results
+    assert later.text_area(key="scribble.prompt").value == "a red sun over a green field"
+    assert any("Done in" in s.value for s in later.success)
+
+
+def test_finished_jobs_keep_their_page_state_only_while_it_may_be_needed() -> None:
+    queue = JobQueue(keep_finished=10, keep_context=2)
+    jobs = [queue.submit("s", f"job {i}", steps_work(1, "", fail=RuntimeError("x")), page="panorama",
+                         context={"i": i}) for i in range(4)]
+    ids = {job.id for job in jobs}
+    assert len(ids) == 4 and all(len(i) == 16 for i in ids)  # random, not a counter
+    for job in jobs:
+        queue.wait(job, 10)
+    queue.submit("s", "one more", steps_work(1, "")).cancel()
+    assert [job.context for job in jobs] == [None, None, {"i": 2}, {"i": 3}]
+    assert all(job.page == "panorama" for job in jobs)

@@ -406,3 +406,29 @@ def test_panorama_with_an_uploaded_region_map(page, server, tmp_path: Path) -> N
     meta = newest_sidecar(outputs)
     assert meta["page"] == "panorama" and meta["size"] == [2 * NATIVE, NATIVE]
     assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a white moon"]
+
+
+def test_a_reloaded_page_picks_its_running_job_back_up(page, server) -> None:
+    url, outputs = server
+    before = set(outputs.glob("*.png"))
+    open_app(page, url, "panorama")
+    prompt = "a watercolor painting of purple mountains at sunset"
+    type_into(page, "Prompt", prompt)
+    open_expander(page, "Steps and guidance")
+    thumb = page.locator(".st-key-panorama-steps input[type=range]").first
+    thumb.focus()
+    thumb.press("End")  # 100 steps: still running after the reload
+    wait_idle(page)
+    visible(page, ".st-key-panorama-generate button").click()
+    page.get_by_text("Live preview").first.wait_for(timeout=60_000)
+    assert "job=" in page.url  # the address names the job
+
+    page.reload()  # a new session: only the address is left
+    page.get_by_text("Picked up your request").first.wait_for(timeout=60_000)
+    page.get_by_text("Live preview").first.wait_for(timeout=60_000)  # its progress again
+    assert page.get_by_label("Prompt", exact=True).input_value() == prompt
+    shot(page, "panorama-reloaded")
+    visible(page, ".st-key-panorama-cancel button").click()
+    page.get_by_text("Cancelled.").wait_for(timeout=60_000)
+    wait_idle(page)
+    assert set(outputs.glob("*.png")) == before  # nothing saved
