@@ -252,3 +252,81 @@ def test_bf16_training_on_a_cpu_saves_fp32_weights_and_resumes_exactly(dataset: 
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     info = json.loads((whole / "training_args.json").read_text())
     assert info["mixed_precision"] == "torch.bfloat16" and info["config"]["noise_offset"] == 0.1
+
+
+def test_stage_a_can_learn_the_scribbles_too_and_continue_a_vae(dataset: Path, trained: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+    from training.data import scribble_records
+
+    scribbles = scribble_records(dataset)
+    assert len(scribbles) == 8 and all(r.path.parent.name == "scribbles" and r.path.exists() for r in scribbles)
+    seen: list[int] = []
+    original = train.train_vae
+    monkeypatch.setattr(train, "train_vae", lambda cfg, m, store, *a: seen.append(len(store)) or original(cfg, m, store, *a))
+    out = tmp_path / "colour"
+    train.main(["--data", str(dataset), "--out", str(out), "--steps", "1", "--vae-scribbles", "--vae-colour-weight", "2",
+                "--vae-init", str(trained), *MICRO])
+    assert seen == [16]  # 8 paintings + their 8 scribbles
+    log = [json.loads(x) for x in (out / "checkpoints" / "log.jsonl").read_text().splitlines()]
+    assert all("colour" in x for x in log if x.get("stage") == "vae" and "loss" in x)
+    part = "vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(trained / part)), load_file(str(out / part))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(StudioError, match="lists no scribbles"):
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        cv2.imwrite(str(plain / "a.png"), np.zeros((64, 64, 3), np.uint8))
+        (plain / "a.txt").write_text("a black square")
+        train.main(["--data", str(plain), "--out", str(tmp_path / "x"), "--steps", "1", "--vae-scribbles", *MICRO])
+
+
+def test_the_colour_term_is_the_l1_of_block_means() -> None:
+    x = torch.zeros(1, 3, 16, 16)
+    rec = x.clone()
+    rec[:, 0, :8, :8] = 0.5  # one 8x8 block of one channel off by 0.5: block means differ by 0.5 there
+    _, parts = train.reconstruction_loss(rec, x, 0.0, 1.0)
+    assert parts["colour"] == pytest.approx(0.5 / 12)  # 1 of 3 channels x 4 blocks
+    assert "colour" not in train.reconstruction_loss(rec, x, 0.0)[1]
+
+
+def test_a_fine_tune_onto_another_vae_learns_its_latents(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    other = tmp_path / "other"
+    train.main(["--data", str(dataset), "--out", str(other), "--steps", "1", "--seed", "9", *MICRO])
+    out = tmp_path / "swapped"
+    train.main(["--data", str(dataset), "--out", str(out), "--init-from", str(trained), "--vae-from", str(other),
+                "--steps", "1", *MICRO])
+    part = "vae/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(other / part)), load_file(str(out / part))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cache = load_file(str(next((out / "checkpoints").glob("latents-*.safetensors"))))
+    mean, std = cache["mean"].double(), cache["std"].double()
+    scaling = json.loads((out / "vae" / "config.json").read_text())["scaling_factor"]
+    assert scaling == pytest.approx(float(1 / (mean.var() + (std ** 2).mean()).sqrt()), rel=1e-3)
+    assert scaling != json.loads((trained / "vae" / "config.json").read_text())["scaling_factor"]
+
+
+def test_vae_norm_groups_override() -> None:
+    from training.models import apply_overrides, build_vae, preset
+
+    cfg = apply_overrides(preset("small"), vae_norm_groups=1)
+    assert cfg.vae.norm_num_groups == 1 and build_vae(cfg.vae, 64).config.norm_num_groups == 1
+    with pytest.raises(StudioError, match="must divide every VAE block's channels"):
+        apply_overrides(preset("small"), vae_norm_groups=3)
+
+
+def test_vae_only_stops_after_stage_a(dataset: Path, tmp_path: Path, capsys) -> None:
+    from diffusers import AutoencoderKL
+
+    out = tmp_path / "vae-only"
+    train.main(["--data", str(dataset), "--out", str(out), "--vae-only", "--vae-scribbles", *MICRO])
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "training_args.json", "vae"]
+    info = json.loads((out / "training_args.json").read_text())
+    assert info["vae_only"] and info["vae_images"] == 16 and info["images"] == 8
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"]) and vae.config.scaling_factor != 0.18215
+    assert "saved" in capsys.readouterr().out
+    assert train.cli(["--data", str(dataset), "--out", str(tmp_path / "y"), "--vae-only", "--init-from", str(out),
+                      *MICRO]) == 2

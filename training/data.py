@@ -69,6 +69,21 @@ def find_records(folder: str | Path) -> list[Record]:
     return records
 
 
+def scribble_records(folder: str | Path) -> list[Record]:
+    """The flat scribbles a dataset made ``--with-scribbles`` lists (metadata ``scribble``),
+    as uncaptioned records; none for other folders."""
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    if not meta.exists():
+        return []
+    lines = (json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines() if line.strip())
+    records = [Record(folder / str(item["scribble"]), "") for item in lines if item.get("scribble")]
+    missing = [r.path for r in records if not r.path.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} scribbles listed but missing, e.g. {missing[0]}")
+    return records
+
+
 def fingerprint(records: list[Record], resolution: int) -> str:
     """A short hash of the file list, sizes, captions and resolution (for caches)."""
     h = hashlib.sha1(str(resolution).encode())

@@ -115,7 +115,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def apply_overrides(cfg: ModelConfig, unet_channels: str | None = None, unet_attention: str | None = None,
                     unet_layers: int | None = None, text_hidden: int | None = None,
-                    text_layers: int | None = None, vae_channels: str | None = None) -> ModelConfig:
+                    text_layers: int | None = None, vae_channels: str | None = None,
+                    vae_norm_groups: int | None = None) -> ModelConfig:
     """Change a config from command-line style values (``"64,128,192"``, ``"0,1,1"``)."""
     if unet_channels:
         cfg.unet.block_out_channels = _ints(unet_channels)
@@ -133,6 +134,11 @@ def apply_overrides(cfg: ModelConfig, unet_channels: str | None = None, unet_att
         cfg.text.num_hidden_layers = text_layers
     if vae_channels:
         cfg.vae.block_out_channels = _ints(vae_channels)
+    if vae_norm_groups:
+        if any(c % vae_norm_groups for c in cfg.vae.block_out_channels):
+            raise StudioError(f"--vae-norm-groups {vae_norm_groups} must divide every VAE block's channels "
+                              f"({', '.join(map(str, cfg.vae.block_out_channels))})")
+        cfg.vae.norm_num_groups = vae_norm_groups
     return cfg
 
 

@@ -6,8 +6,11 @@
 Stages (each resumable with ``--resume`` from ``OUT/checkpoints/``):
 
 A. VAE: ``AutoencoderKL`` (8x downsampling, 4 latent channels) trained on random crops
-   with L1 + Sobel-edge L1 reconstruction and a small KL term; afterwards the whole
-   dataset is encoded once (latent cache) and ``scaling_factor`` = 1 / std of latents.
+   with L1 + Sobel-edge L1 reconstruction and a small KL term (``--vae-colour-weight``: also
+   L1 between 8x8 block-mean colours; ``--vae-scribbles``: also on the dataset's flat
+   scribbles, which a VAE that saw only paintings turns grey; ``--vae-init``: continue an
+   existing VAE); afterwards the whole dataset is encoded once (latent cache) and
+   ``scaling_factor`` = 1 / std of latents.
 B. A CLIP BPE tokenizer trained on the captions, then a small ``CLIPTextModel`` and a
    ``UNet2DConditionModel`` trained jointly on the cached latents: epsilon prediction
    under SD's noise schedule, 10% caption dropout (for classifier-free guidance),
@@ -20,7 +23,8 @@ At the end ``OUT`` holds a diffusers folder (safetensors only) that
 ``StableDiffusionPipeline.from_pretrained(OUT)`` loads. Checkpoints, the latent cache,
 ``log.jsonl`` and preview images (VAE reconstructions, samples) go to ``OUT/checkpoints``
 or ``--checkpoint-dir`` (use one outside the model folder for a model you will ship). ``--init-from SD_FOLDER``
-fine-tunes an existing model's UNet instead (no VAE or tokenizer training).
+fine-tunes an existing model's UNet instead (no VAE or tokenizer training); with ``--vae-from``
+too, onto another VAE's latents.
 Mixed precision (bf16, or fp16 with loss scaling) is used on CUDA by default; ``--mixed-precision bf16``
 also runs on a CPU. ``--noise-offset`` (default 0.1 from scratch) lets global colour follow the caption.
 """
@@ -54,7 +58,7 @@ from core.errors import StudioError
 from core.tokenizer_build import build_clip_tokenizer
 
 from .checkpoint import EMA, CheckpointRef, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from .data import EpochSampler, ImageStore, Record, find_records, fingerprint, to_uint8
+from .data import EpochSampler, ImageStore, Record, find_records, fingerprint, scribble_records, to_uint8
 from .models import (ModelConfig, VAEConfig, apply_overrides, build_text_encoder, build_unet, build_vae, count_params,
                      fp32_megabytes, make_pipeline, preset, train_scheduler)
 
@@ -91,6 +95,10 @@ class TrainConfig:
     vae_crop: int = 96  # train on random crops this big (the VAE is fully convolutional)
     vae_kl_weight: float = 1e-5  # on the KL summed per image / pixel values per image
     vae_edge_weight: float = 0.5  # L1 between Sobel gradients (a cheap perceptual term)
+    vae_colour_weight: float = 0.0  # L1 between 8x8 block-mean colours (what a region's colour is made of)
+    vae_scribbles: bool = False  # stages A and C also learn the dataset's flat scribbles (metadata "scribble")
+    vae_init: Path | None = None  # stage A starts from this VAE (a VAE folder or an SD folder)
+    vae_only: bool = False  # stop after stage A: OUT/vae (to check it, then --vae-from it)
     # stage C: the decoder alone, on whole images (crops in stage A)
     decoder_steps: int = 0
     decoder_batch_size: int = 4
@@ -255,12 +263,18 @@ def random_crop(x: torch.Tensor, crop: int, g: torch.Generator) -> torch.Tensor:
 # --------------------------------------------------------------------------- stage A
 
 
-def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, edge_weight: float
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, edge_weight: float, colour_weight: float = 0.0
                         ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 + ``edge_weight`` * L1 between Sobel gradients (stages A and C)."""
+    """L1 + ``edge_weight`` * L1 between Sobel gradients + ``colour_weight`` * L1 between
+    8x8 block means (stages A and C). Pixel L1 lets a VAE trade a region's hue for its
+    texture; the block-mean term is the colour a latent pixel stands for."""
     l1 = (rec - x).abs().mean()
     edge = (sobel_edges(rec) - sobel_edges(x)).abs().mean()
-    return l1 + edge_weight * edge, {"l1": l1.item(), "edge": edge.item()}
+    loss, parts = l1 + edge_weight * edge, {"l1": l1.item(), "edge": edge.item()}
+    if colour_weight > 0:
+        colour = (F.avg_pool2d(rec, 8, ceil_mode=True) - F.avg_pool2d(x, 8, ceil_mode=True)).abs().mean()
+        loss, parts["colour"] = loss + colour_weight * colour, colour.item()
+    return loss, parts
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig
@@ -268,7 +282,7 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, g: torch.Generator, cfg: Train
     """Reconstruction + KL (per image sum / number of pixel values)."""
     posterior = vae.encode(x).latent_dist
     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(x.device)
-    loss, parts = reconstruction_loss(vae.decode(z).sample.float(), x, cfg.vae_edge_weight)
+    loss, parts = reconstruction_loss(vae.decode(z).sample.float(), x, cfg.vae_edge_weight, cfg.vae_colour_weight)
     kl = posterior.kl().float().mean() / x[0].numel()
     return loss + cfg.vae_kl_weight * kl, {**parts, "kl": kl.item()}
 
@@ -277,7 +291,7 @@ def train_vae(cfg: TrainConfig, model_cfg: ModelConfig, store: ImageStore, resum
               device: torch.device, amp: torch.dtype | None, logger: JsonLog) -> AutoencoderKL:
     """Stage A: train (or continue training) the autoencoder; returns it in eval mode."""
     set_seed(cfg.seed)
-    vae = build_vae(model_cfg.vae, cfg.resolution).to(device)
+    vae = (build_vae(model_cfg.vae, cfg.resolution) if cfg.vae_init is None else load_vae(cfg.vae_init)).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     start = 0
     if resume is not None and resume.stage == "vae":
@@ -404,7 +418,7 @@ def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, ca
         set_lr(optimizer, lr_at(step, cfg.decoder_steps, cfg.decoder_lr, min(50, cfg.decoder_steps // 10), "cosine"))
         with autocast(device, amp):
             rec = vae.decode(z).sample.float()
-        loss, parts = reconstruction_loss(rec, x, cfg.vae_edge_weight)
+        loss, parts = reconstruction_loss(rec, x, cfg.vae_edge_weight, cfg.vae_colour_weight)
         _backward_step(loss, optimizer, params, cfg.grad_clip, scaler)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.decoder_steps:
             logger.write(stage="decoder", step=step + 1, loss=loss.item(), **parts,
@@ -586,6 +600,15 @@ def _model_config(cfg: TrainConfig, resume: CheckpointRef | None) -> ModelConfig
     return apply_overrides(preset(cfg.preset), **cfg.overrides)
 
 
+def load_vae(folder: Path) -> AutoencoderKL:
+    """The VAE of a VAE folder or of an SD folder (its ``vae/``); safetensors only."""
+    folder = Path(folder)
+    source = folder / "vae" if (folder / "vae" / "config.json").exists() else folder
+    if not (source / "config.json").exists():
+        raise StudioError(f"no VAE in {folder}: give a VAE folder (config.json + safetensors) or an SD folder")
+    return AutoencoderKL.from_pretrained(source, use_safetensors=True)
+
+
 def load_init(cfg: TrainConfig) -> Parts:
     """Components of an existing SD folder (for fine-tuning)."""
     pipe = StableDiffusionPipeline.from_pretrained(
@@ -601,8 +624,7 @@ def build_parts(cfg: TrainConfig, model_cfg: ModelConfig, store: ImageStore, tex
     vae_dir = cfg.checkpoints / "vae"
     vae_new = not (resume is not None and resume.stage == "unet" and (vae_dir / "config.json").exists())
     if vae_new and cfg.vae_from is not None:
-        source = cfg.vae_from / "vae" if (cfg.vae_from / "vae" / "config.json").exists() else cfg.vae_from
-        vae = AutoencoderKL.from_pretrained(source, use_safetensors=True).to(device).eval().requires_grad_(False)
+        vae = load_vae(cfg.vae_from).to(device).eval().requires_grad_(False)
         vae.save_pretrained(vae_dir, safe_serialization=True)  # so that --resume finds it
         vae_new = False
     elif vae_new:
@@ -649,6 +671,8 @@ def train(cfg: TrainConfig) -> Path:
     if resume is not None and cfg.train_text_encoder is None:  # keep the resumed run's choice
         state = json.loads((resume.path / "state.json").read_text(encoding="utf-8"))
         cfg.train_text_encoder = state.get("config", {}).get("train_text_encoder")
+    if cfg.vae_only and cfg.init_from is not None:
+        raise StudioError("--vae-only trains a VAE (stage A): it does not go with --init-from")
     if cfg.init_from is None and cfg.vae_steps <= 0 and resume is None:
         log.warning("--vae-steps 0: the VAE stays untrained")
     # check what the user gave before writing anything: a bad flag leaves no folders behind
@@ -659,19 +683,36 @@ def train(cfg: TrainConfig) -> Path:
     texts = [r.text for r in records]
     store = ImageStore(records, cfg.resolution)
     t_start = time.perf_counter()
+    vae_store = store
+    swapped = cfg.init_from is not None and cfg.vae_from is not None  # a fine-tune onto another VAE
     if cfg.init_from is not None:
         parts, vae_new = load_init(cfg), False
+        if swapped:
+            parts.vae = load_vae(cfg.vae_from)
         parts.vae.to(device).eval().requires_grad_(False)
         if cfg.train_text_encoder is None:
             cfg.train_text_encoder = False
     else:
-        parts, vae_new = build_parts(cfg, model_cfg, store, texts, resume, device, amp, logger)
+        scribbles = scribble_records(cfg.data) if cfg.vae_scribbles else []
+        if cfg.vae_scribbles and not scribbles:
+            raise StudioError(f"--vae-scribbles: {cfg.data} lists no scribbles (make it with make_dataset "
+                              "--with-scribbles)")
+        vae_store = ImageStore(records + scribbles, cfg.resolution) if scribbles else store
+        parts, vae_new = build_parts(cfg, model_cfg, vae_store, texts, resume, device, amp, logger)
         if cfg.train_text_encoder is None:
             cfg.train_text_encoder = True
     cache = cached_latents(cfg, parts.vae, store, records, device)
-    if vae_new and cfg.init_from is None:
+    if (vae_new and cfg.init_from is None) or swapped:
         parts.vae.register_to_config(scaling_factor=cache.scaling_factor())
         parts.vae.save_pretrained(cfg.checkpoints / "vae", safe_serialization=True)
+    if cfg.vae_only:
+        parts.vae.to("cpu").save_pretrained(cfg.out / "vae", safe_serialization=True)
+        info = {"config": cfg.to_json(), "vae_only": True, "images": len(records), "vae_images": len(vae_store),
+                "scaling_factor": float(parts.vae.config.scaling_factor),
+                "parameters": {"vae": count_params(parts.vae)}, "device": str(device),
+                "seconds": round(time.perf_counter() - t_start, 1)}
+        (cfg.out / "training_args.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        return cfg.out
     cache.ids = tokenize(parts.tokenizer, texts)
     prompts = texts[: cfg.samples]
     stats = train_unet(cfg, parts, cache, resume, device, amp, logger, prompts)
@@ -704,6 +745,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text-hidden", type=int, help="text encoder width")
     p.add_argument("--text-layers", type=int, help="text encoder depth")
     p.add_argument("--vae-channels", help="override, e.g. 32,64,128,128 (4 blocks = 8x)")
+    p.add_argument("--vae-norm-groups", type=int,
+                   help="override the VAE's GroupNorm groups (fewer: more channels per group, so each "
+                        "image's colours are less normalised away)")
     p.add_argument("--steps", type=int, default=3000, help="UNet + text encoder steps")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help="default 3e-4, or 1e-5 with --init-from")
@@ -725,6 +769,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-crop", type=int, default=96)
     p.add_argument("--vae-kl-weight", type=float, default=1e-5)
     p.add_argument("--vae-edge-weight", type=float, default=0.5)
+    p.add_argument("--vae-colour-weight", type=float, default=0.0,
+                   help="weight of an L1 term between 8x8 block-mean colours (keeps region colours; try 2)")
+    p.add_argument("--vae-scribbles", action="store_true",
+                   help="stage A also learns the dataset's flat scribbles (make_dataset --with-scribbles)")
+    p.add_argument("--vae-only", action="store_true", help="stop after stage A and save OUT/vae")
+    p.add_argument("--vae-init", type=Path, default=None,
+                   help="stage A continues from this VAE (VAE folder or SD folder) instead of a new one")
     p.add_argument("--decoder-steps", type=int, default=0,
                    help="stage C: decoder-only steps on whole images after the UNet (0: none)")
     p.add_argument("--decoder-batch-size", type=int, default=4)
@@ -740,7 +791,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard OUT's checkpoints and start again")
     p.add_argument("--init-from", type=Path, default=None, help="fine-tune this SD folder's UNet")
     p.add_argument("--vae-from", type=Path, default=None,
-                   help="reuse a trained VAE (VAE folder or SD folder) instead of stage A")
+                   help="reuse a trained VAE (VAE folder or SD folder) instead of stage A; with --init-from, "
+                        "the fine-tuned UNet learns this VAE's latents")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto",
@@ -754,7 +806,7 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     args = vars(_parser().parse_args(argv))
     override_keys = ("unet_channels", "unet_attention", "unet_layers", "text_hidden", "text_layers",
-                     "vae_channels")
+                     "vae_channels", "vae_norm_groups")
     overrides = {k: args.pop(k) for k in override_keys if args.get(k) is not None}
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in args.items() if k in names}, overrides=overrides)
@@ -765,6 +817,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cfg = parse_args(argv)
     out = train(cfg)
     info = json.loads((out / "training_args.json").read_text(encoding="utf-8"))
+    if info.get("vae_only"):
+        print(f"saved {out / 'vae'} (trained on {info['vae_images']} images, {info['seconds']} s)")
+        return out
     print(f"saved {out} ({info['fp32_mb']} MB fp32, {info['images']} images, "
           f"{info['unet_steps_per_s']} UNet steps/s, {info['seconds']} s)")
     return out
