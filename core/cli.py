@@ -6,8 +6,6 @@ User errors exit with code 2 and one line on stderr; progress bars go to stderr
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
 import random
@@ -33,7 +31,6 @@ DEFAULT_STEPS = 30  # sampling flags' defaults for a model without recommendatio
 DEFAULT_CFG = 7.5
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
 # modules with `register(subparsers, COMMANDS)` adding the guidance methods' commands
-CLI_EXTENSIONS = ("cli_regions", "cli_stroke")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -189,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="model, device, dtype and memory options")
     add_common(p)
     COMMANDS.update(txt2img=cmd_txt2img, img2img=cmd_img2img, replay=cmd_replay, info=cmd_info)
-    for module in CLI_EXTENSIONS:
-        if importlib.util.find_spec(f"core.{module}") is not None:
-            importlib.import_module(f"core.{module}").register(sub, COMMANDS)
+    from . import cli_regions, cli_stroke  # they import this module's helpers
+
+    for module in (cli_regions, cli_stroke):
+        module.register(sub, COMMANDS)
     return parser
 
 

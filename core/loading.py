@@ -215,18 +215,6 @@ def load_model(options: LoadOptions | None = None) -> ModelBundle:
         return _CACHE[key]
 
 
-def unload_model(bundle: ModelBundle) -> None:
-    """Forget a loaded model so its memory can be freed (once no request holds it)."""
-    with _CACHE_LOCK:
-        for key in [k for k, v in _CACHE.items() if v is bundle]:
-            del _CACHE[key]
-
-
-def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
 def _load(options: LoadOptions, source: str, location: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, safety_checker=None,
                                   feature_extractor=None, requires_safety_checker=False)

@@ -5,7 +5,7 @@ import streamlit as st
 from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64
-from studio_ui.methods import panorama_available, panorama_request
+from studio_ui.methods import panorama_request
 from studio_ui.restore import ui_state
 
 PAGE = "panorama"
@@ -28,9 +28,6 @@ st.title("Panorama", anchor=False)
 st.caption("Wide pictures of any aspect ratio from one prompt, seamless from end to end (MultiDiffusion). "
            "The 360° preset wraps around, for panorama viewers.")
 engine = shared.require_engine()
-if not panorama_available():
-    st.info("Panoramas are not in this build yet (`core.panorama`): Generate will be enabled when it lands.",
-            icon=":material/construction:")
 
 top_left, top_right = st.columns([3, 2])
 top_left.text_area("Prompt", key=f"{PAGE}.prompt", height=80, persist_state="session",
@@ -66,7 +63,7 @@ with left:
         st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session")
 
     busy = shared.active_job(PAGE) is not None
-    if shared.generate_button(PAGE, engine, panorama_available()):
+    if shared.generate_button(PAGE, engine):
         settings = widgets.region_settings(PAGE, rows, background_key="prompt", width=width, height=height,
                                            window=shared.native_latent(engine), circular=circular)
         try:

@@ -7,7 +7,7 @@ from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
 from studio_ui.colors import region_label_image
-from studio_ui.methods import region_request, regions_available
+from studio_ui.methods import region_request
 from studio_ui.restore import canvas_state, ui_state
 
 PAGE = "regions"
@@ -31,9 +31,6 @@ st.caption("Paint areas in different colours and give each colour its own prompt
 engine = shared.require_engine()
 native = engine.bundle.native_size if engine is not None else 512
 sizes = widgets.aspect_sizes(native)
-if not regions_available():
-    st.info("Region fusion is not in this build yet (`core.region_fusion`): you can paint and name regions, "
-            "and Generate will be enabled when it lands.", icon=":material/construction:")
 
 top_left, top_right = st.columns([3, 2])
 top_left.text_area("Background prompt", key=f"{PAGE}.background", height=80, persist_state="session",
@@ -96,7 +93,7 @@ with right:
     st.caption(f"Output: {out_w}×{out_h} px")
 
     busy = shared.active_job(PAGE) is not None
-    if shared.generate_button(PAGE, engine, regions_available()):
+    if shared.generate_button(PAGE, engine):
         settings = widgets.region_settings(
             PAGE, rows, background_key="background", width=width, height=height,
             window=shared.native_latent(engine), width_multiplier=int(ss[f"{PAGE}.multiplier"]),

@@ -5,8 +5,7 @@ import streamlit as st
 from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
-from studio_ui.methods import (METHOD_HELP, ScribbleSettings, available_scribble_methods, missing_region_words,
-                               scribble_request, stroke_module)
+from studio_ui.methods import METHOD_HELP, SCRIBBLE_METHODS, ScribbleSettings, missing_region_words, scribble_request
 from studio_ui.restore import canvas_state, ui_state
 
 PAGE = "scribble"
@@ -16,7 +15,7 @@ SETTINGS = ("prompt", "negative", "method", "fidelity", "variations", "steps", "
 
 shared.enter_page(PAGE)
 shared.collect(PAGE)
-methods = available_scribble_methods()
+methods = list(SCRIBBLE_METHODS)
 shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidance_scale", 7.5),
                                    "fidelity": ("fidelity", 0.5)})
 shared.init_state({
@@ -75,8 +74,6 @@ with left:
             if missing:
                 st.warning("Not in the prompt: " + ", ".join(f"'{w}'" for w in missing)
                            + ". Region words must be words of your prompt.", icon=":material/warning:")
-            if stroke_module() is None and region_words:
-                st.caption("Region names need core.stroke_guidance, which this build lacks: they are ignored.")
 
 with right:
     m1, m2 = st.columns(2)

@@ -1,19 +1,20 @@
 """Page settings -> core requests. Every page ends in ``engine.run(request)``; this module
-knows which request class serves which method, and which ones this build of ``core``
-has (the guidance methods register themselves when their modules exist). No streamlit.
+knows which request class serves which method. No streamlit.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from core.attention_control import missing_words
 from core.errors import StudioError
+from core.panorama import MultiDiffusionRequest
+from core.region_map import Region
 from core.requests import GenerationRequest
+from core.stroke_guidance import stroke_request
 
 SCRIBBLE_METHODS = ("GradOP+", "GradOP+ fast", "GradOP", "SDEdit")
 METHOD_HELP = {
@@ -26,29 +27,8 @@ METHOD_HELP = {
 }
 
 
-def optional_module(name: str) -> Any | None:
-    """``core.<name>`` if this build has it (the guidance methods arrive as modules)."""
-    if importlib.util.find_spec(f"core.{name}") is None:
-        return None
-    return importlib.import_module(f"core.{name}")
-
-
 STROKE_METHODS = {"GradOP+": ("gradop+", False), "GradOP+ fast": ("gradop+", True), "GradOP": ("gradop", False),
                   "SDEdit": ("sdedit", False)}  # UI name -> (core.stroke_guidance method, fast mode)
-
-
-def stroke_module() -> Any | None:
-    module = optional_module("stroke_guidance")
-    return module if module is not None and hasattr(module, "stroke_request") else None
-
-
-def available_scribble_methods() -> list[str]:
-    return list(SCRIBBLE_METHODS) if stroke_module() is not None else ["SDEdit"]
-
-
-def sdedit_strength(fidelity: float) -> float:
-    """Fallback without core.stroke_guidance: fidelity as SDEdit strength (1 - 0.4 f, as core does)."""
-    return round(1 - 0.4 * min(max(fidelity, 0.0), 1.0), 6)
 
 
 @dataclass
@@ -88,36 +68,17 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
                   guidance_scale=s.guidance_scale, seed=s.seed, num_images=s.num_images)
     if scribble is None:
         return GenerationRequest(**common)
-    stroke = stroke_module()
-    if stroke is None:
-        if s.method != "SDEdit":
-            raise StudioError(f"{s.method} is not in this build: choose SDEdit as the method.")
-        return GenerationRequest(**common, init_image=scribble.convert("RGB"), strength=sdedit_strength(s.fidelity))
     method, fast = STROKE_METHODS[s.method]
-    return stroke.stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
+    return stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
                                  fidelity=s.fidelity, words=dict(s.region_words), fast=fast, **{
                                      k: v for k, v in common.items() if k != "prompt"})
 
 
 def missing_region_words(tokenizer: Any, prompt: str, words: list[str]) -> list[str]:
-    """Words that are not in the prompt (by the model's tokenizer when core can tell)."""
-    module = optional_module("attention_control")
-    if module is not None and hasattr(module, "missing_words") and tokenizer is not None:
-        return list(module.missing_words(tokenizer, prompt, words))
+    """Words that are not in the prompt (by the model's tokenizer; by letters without a model)."""
+    if tokenizer is not None:
+        return list(missing_words(tokenizer, prompt, words))
     return [w for w in words if w.lower() not in prompt.lower()]
-
-
-def multidiffusion_module() -> Any | None:
-    module = optional_module("panorama")
-    return module if module is not None and hasattr(module, "MultiDiffusionRequest") else None
-
-
-def regions_available() -> bool:
-    return multidiffusion_module() is not None
-
-
-def panorama_available() -> bool:
-    return multidiffusion_module() is not None
 
 
 @dataclass
@@ -169,11 +130,6 @@ def _negative(global_negative: str, own: str) -> str | None:
 
 def multidiffusion_request(s: RegionSettings, region_map: Image.Image | None, kind: str) -> Any:
     """A MultiDiffusion request (core.panorama): regions over a canvas, or a panorama."""
-    module = multidiffusion_module()
-    if module is None:
-        raise StudioError("Region fusion and panoramas are not in this build (core.panorama is missing).")
-    from core.region_map import Region
-
     width, height = s.width * max(1, s.width_multiplier), s.height
     regions = []
     if region_map is not None:
@@ -185,7 +141,7 @@ def multidiffusion_request(s: RegionSettings, region_map: Image.Image | None, ki
         raise StudioError("Type a prompt first (for a region map: a background prompt or a prompt per colour).")
     if not prompt:
         prompt = ", ".join(r.prompt for r in regions)  # the background ties the regions together
-    return module.MultiDiffusionRequest(
+    return MultiDiffusionRequest(
         prompt=prompt, negative_prompt=s.negative_prompt, regions=tuple(regions), kind=kind, width=width,
         height=height, circular=s.circular, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
         num_images=s.num_images, window=s.window, stride=max(1, s.window // 8))

@@ -310,11 +310,11 @@ def pick_up_job(page: str) -> None:
                                          "settings are back.")
 
 
-def generate_button(page: str, engine: Any, available: bool = True) -> bool:
+def generate_button(page: str, engine: Any) -> bool:
     """The page's Generate button, disabled while its job runs or without a model."""
     busy = active_job(page) is not None
     return st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
-                     disabled=busy or engine is None or not available, width="stretch", key=f"{page}.generate")
+                     disabled=busy or engine is None, width="stretch", key=f"{page}.generate")
 
 
 def active_job(page: str):

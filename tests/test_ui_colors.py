@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from studio_ui.canvas import compose, drawing_colors, render_drawing, scale_drawing
 from studio_ui.colors import (extract_regions, flatten, is_background, majority_filter, readable_name,
                               region_label_image, swatch_data_url, to_hex, to_rgb)
-from studio_ui.methods import sdedit_strength, strokes_image
+from studio_ui.methods import strokes_image
 
 RED, BLUE, GREEN, WHITE = (229, 57, 53), (30, 136, 229), (67, 160, 71), (255, 255, 255)
 
@@ -157,7 +157,6 @@ def test_strokes_image_leaves_white_free() -> None:
     assert free.shape[-1] == 4 and free[0, 0, 3] == 0 and free[5, 5, 3] == 255
     assert strokes_image(image, free_background=False).mode == "RGB"
     assert strokes_image(Image.new("RGB", (8, 8), WHITE), True).mode == "RGB"  # nothing painted: stays RGB
-    assert sdedit_strength(0.5) == 0.8 and sdedit_strength(0) == 1.0
 
 
 def test_ui_helpers_never_import_streamlit() -> None:
