@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,14 +22,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .colors import flatten, parse_color, read_region_map
 from .errors import StudioError
 from .inputs import MAX_INPUT_PIXELS, check_image_size, has_alpha, normalise_mode, read_json_file
 from .requests import MAX_SEED, check_int, check_range, check_text, is_number, show
 
 MAX_REGIONS = int(os.environ.get("STUDIO_MAX_REGIONS", 16))  # default limit on regions per request
-SPECK_FRACTION = 0.001  # a colour covering less of the map than this is a stray speck
 ASPECT_TOLERANCE = 0.02  # relative difference of aspect ratios accepted between a map and the canvas
-_HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 
 def _mask_image(mask: Any) -> Image.Image:
@@ -100,21 +98,6 @@ def check_entry(negative_prompt: Any, seed: Any, weight: Any, guidance_scale: An
 # --- colours and the prompt table ----------------------------------------------------------
 
 
-def parse_color(text: str) -> str:
-    """'#RGB', '#RRGGBB' or 'RRGGBB' -> canonical '#rrggbb'; StudioError otherwise."""
-    match = _HEX.match(str(text).strip())
-    if not match:
-        raise StudioError(f"{show(text)} is not a colour: write it as '#rrggbb' (e.g. '#ff8800').")
-    digits = match.group(1).lower()
-    if len(digits) == 3:
-        digits = "".join(c * 2 for c in digits)
-    return f"#{digits}"
-
-
-def color_name(rgb: tuple[int, int, int] | np.ndarray) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
-
-
 @dataclass(frozen=True)
 class ColorPrompt:
     """What a colour of the map means: a prompt (None: the background) and its options."""
@@ -180,65 +163,43 @@ def load_prompt_table(path: str | Path) -> dict[str, ColorPrompt]:
 # --- region maps -----------------------------------------------------------------------------
 
 
-def _labels(image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Packed colour per pixel (-1 where transparent), and the distinct colours with counts."""
-    rgba = np.asarray(image.convert("RGBA"))
-    packed = (rgba[..., 0].astype(np.int32) << 16) | (rgba[..., 1].astype(np.int32) << 8) | rgba[..., 2]
-    packed = np.where(rgba[..., 3] >= 128, packed, -1)
-    colors, counts = np.unique(packed[packed >= 0], return_counts=True)
-    return packed, colors, counts
+def regions_from_map(image: Image.Image, table: Mapping[str, ColorPrompt | str | None | Mapping]
+                     ) -> tuple[list[Region], list[str]]:
+    """Regions of a painted colour map, and warnings; the map is read as the app reads it
+    (:func:`core.colors.read_region_map`: anti-aliased edges, JPEG noise and specks join
+    the nearest painted colour).
 
-
-def _unpack(color: int) -> tuple[int, int, int]:
-    return (color >> 16) & 255, (color >> 8) & 255, color & 255
-
-
-def _merge_specks(packed: np.ndarray, colors: np.ndarray, counts: np.ndarray,
-                  min_pixels: float) -> tuple[np.ndarray, list[int], list[str]]:
-    """Stray colours (anti-aliased edges, specks) -> the nearest significant colour."""
-    keep = [int(c) for c, n in zip(colors, counts) if n >= min_pixels]
-    strays = [(int(c), int(n)) for c, n in zip(colors, counts) if n < min_pixels]
-    if not strays or not keep:
-        return packed, keep or [int(c) for c in colors], []
-    palette = np.array([_unpack(c) for c in keep], dtype=np.float32)
-    merged = packed.copy()
-    for color, _ in strays:
-        nearest = keep[int(np.argmin(((palette - np.array(_unpack(color), np.float32)) ** 2).sum(1)))]
-        merged[packed == color] = nearest
-    pixels = sum(n for _, n in strays)
-    note = (f"{len(strays)} stray colour(s) covering {pixels} pixel(s) (specks or anti-aliased edges) were "
-            "merged into the nearest region colour; paint with a hard brush to avoid this.")
-    return merged, keep, [note]
-
-
-def regions_from_map(image: Image.Image, table: Mapping[str, ColorPrompt | str | None | Mapping],
-                     speck_fraction: float = SPECK_FRACTION) -> tuple[list[Region], list[str]]:
-    """Regions of a painted colour map, and warnings.
-
-    Colours with a prompt become regions (in the table's order); colours mapped to null,
-    and transparent pixels, are background. A colour covering at least ``speck_fraction``
-    of the map with no prompt is an error that lists every such colour; smaller colours
-    are specks merged into the nearest colour; a prompt whose colour is absent is a warning.
+    Colours with a prompt become regions (in the table's order); white (and transparent
+    pixels) without a prompt, and colours mapped to null, are background. A painted colour
+    with no prompt is an error that lists every such colour; a prompt whose colour is absent
+    is a warning.
     """
     entries = {parse_color(k): v if isinstance(v, ColorPrompt) else _color_prompt(parse_color(k), v)
                for k, v in table.items()}
-    packed, colors, counts = _labels(image)
-    packed, present, warnings = _merge_specks(packed, colors, counts, speck_fraction * packed.size)
-    names = {color_name(_unpack(c)): c for c in present}
-    missing = [n for n in names if n not in entries]
+    found = {r.hex: r for r in read_region_map(image)}
+    missing = [h for h in found if h not in entries and h != "#ffffff"]
     if missing:
-        shares = ", ".join(f"{n} ({100 * (packed == names[n]).mean():.1f}%)" for n in missing)
+        shares = ", ".join(f"{h} ({100 * found[h].fraction:.1f}%)" for h in missing)
         raise StudioError(f"The region map has colour(s) with no prompt: {shares}. Add them to the prompts file "
                           "(map a colour to null to make it background).")
+    warnings = []
+    exact = flatten(np.asarray(image.convert("RGBA")))
+    painted = np.zeros(exact.shape[:2], bool)
+    for region in found.values():
+        painted |= (exact == region.color).all(-1)
+    strays = int((~painted).sum())
+    if strays:
+        warnings.append(f"{strays} stray pixel(s) of other colours (specks, anti-aliased edges or JPEG noise) joined "
+                        "the nearest region colour; paint with a hard brush and save as PNG to avoid this.")
     regions: list[Region] = []
     for color, entry in entries.items():
-        if color not in names:
+        if color not in found:
             warnings.append(f"Colour {color} ('{entry.prompt}') is in the prompts file but not in the region map; "
                             "it is ignored.")
             continue
         if entry.prompt is None:
             continue  # background colour
-        mask = Image.fromarray(((packed == names[color]) * 255).astype(np.uint8), mode="L")
+        mask = Image.fromarray(found[color].mask.astype(np.uint8) * 255, mode="L")
         regions.append(Region(mask=mask, prompt=entry.prompt, negative_prompt=entry.negative_prompt,
                               seed=entry.seed, weight=entry.weight, guidance_scale=entry.guidance_scale, name=color))
     return regions, warnings

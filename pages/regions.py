@@ -6,7 +6,7 @@ import streamlit as st
 from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
-from studio_ui.colors import region_label_image
+from core.colors import region_label_image
 from studio_ui.methods import region_request
 from studio_ui.restore import canvas_state, ui_state
 
@@ -71,7 +71,7 @@ with left:
     regions = widgets.find_regions(PAGE, region_map, ignore_white=True) if region_map is not None else []
     if regions:
         with st.expander("How the app reads your map"):
-            all_regions = widgets.find_regions(f"{PAGE}.all", region_map, ignore_white=False)
+            all_regions = widgets.find_regions(PAGE, region_map, ignore_white=False)
             st.image(region_label_image(all_regions), width="stretch",
                      caption="Each pixel goes to its nearest painted colour; soft edges and specks are merged.")
     with st.container(border=True):

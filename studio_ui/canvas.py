@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from core.inputs import open_image
 
-from .colors import to_rgb
+from core.colors import to_rgb
 
 ORIGIN = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}
 PALETTE = {  # preset colours: name -> hex (scribbles read best with saturated, distinct colours)

@@ -15,7 +15,7 @@ from core.errors import StudioError
 from core.inputs import has_alpha, open_image
 
 from .canvas import EMPTY_DRAWING, compose, image_from_bytes, object_count, png_bytes, render_drawing, scale_drawing
-from .colors import Region, extract_regions, flatten, readable_name, region_label_image, swatch_data_url, to_hex
+from core.colors import MapRegion, flatten, read_region_map, readable_name, region_label_image, swatch_data_url, to_hex
 from .methods import RegionSettings, RegionSpec
 
 ss = st.session_state
@@ -194,24 +194,18 @@ def upload_background(page: str, label: str = "Start from an image") -> None:
 
 # --- colour -> prompt tables -------------------------------------------------------------------
 
-def find_regions(page: str, image: Image.Image, *, ignore_white: bool, max_colors: int = 10) -> list[Region]:
-    """Painted colours of ``image`` (cached per image), largest first."""
-    small = image.convert("RGB")
-    if max(small.size) > 256:  # colour finding does not need full resolution
-        scale = 256 / max(small.size)
-        small = small.resize((max(1, round(small.width * scale)), max(1, round(small.height * scale))), Image.NEAREST)
-    key = hashlib.sha1(small.tobytes()).hexdigest()
+def find_regions(page: str, image: Image.Image, *, ignore_white: bool) -> list[MapRegion]:
+    """Painted colours of ``image`` (core.colors.read_region_map, as the CLI reads maps;
+    cached per image), largest first."""
+    key = hashlib.sha1(image.tobytes() + repr((image.mode, image.size)).encode()).hexdigest()
     cached = ss.get(f"{page}.regions_cache")
-    if cached and cached[0] == (key, ignore_white):
-        return cached[1]
-    regions = extract_regions(np.asarray(small), max_colors=max_colors, min_fraction=0.004)
-    if ignore_white:
-        regions = [r for r in regions if r.hex != "#ffffff"]
-    ss[f"{page}.regions_cache"] = ((key, ignore_white), regions)
-    return regions
+    if not cached or cached[0] != key:
+        cached = (key, read_region_map(image))
+        ss[f"{page}.regions_cache"] = cached
+    return [r for r in cached[1] if not (ignore_white and r.hex == "#ffffff")]
 
 
-def colour_table(page: str, regions: list[Region], columns: dict[str, Any], *, height: int | None = None) -> dict[str, dict[str, Any]]:
+def colour_table(page: str, regions: list[MapRegion], columns: dict[str, Any], *, height: int | None = None) -> dict[str, dict[str, Any]]:
     """An editable table, one row per region colour: swatch, name and area, then
     ``columns`` (name -> column config, default value in ``config['default']``).
     Rows are remembered per colour, so a colour keeps its prompt when others change.
@@ -287,7 +281,7 @@ REGION_COLUMNS = {
 }
 
 
-def region_prompt_table(page: str, regions: list[Region]) -> list[dict[str, Any]]:
+def region_prompt_table(page: str, regions: list[MapRegion]) -> list[dict[str, Any]]:
     """Swatch / prompt / negative prompt / seed per colour, with a warning for colours
     without a prompt. Returns [{color, prompt, negative, seed, region}] for every colour."""
     if not regions:
@@ -319,9 +313,8 @@ def region_map_upload(page: str) -> Image.Image | None:
 def cleaned_map(page: str, image: Image.Image) -> Image.Image:
     """The region map as the app reads it: flat colours (white = background), at the
     image's size, with anti-aliased edges and specks merged into painted colours."""
-    regions = find_regions(f"{page}.all", image, ignore_white=False)
-    cleaned = Image.fromarray(region_label_image(regions)) if regions else image.convert("RGB")
-    return cleaned.resize(image.size, Image.NEAREST) if cleaned.size != image.size else cleaned
+    regions = find_regions(page, image, ignore_white=False)
+    return Image.fromarray(region_label_image(regions)) if regions else image.convert("RGB")
 
 
 def region_settings(page: str, rows: list[dict[str, Any]], *, background_key: str, width: int, height: int,

@@ -296,8 +296,10 @@ def test_region_map_to_regions() -> None:
 
 
 def test_colours_without_prompt_are_listed_in_one_error() -> None:
-    with pytest.raises(StudioError, match=r"no prompt: #0000ff \(25.0%\), #ffffff \(50.0%\)"):
-        regions_from_map(painted_map(), {"#ff0000": "a sun"})
+    image = painted_map()
+    ImageDraw.Draw(image).rectangle((0, 40, 7, 47), fill=(0, 255, 0))
+    with pytest.raises(StudioError, match=r"no prompt: #0000ff \(25.0%\), #00ff00 \(1.5%\)\. Add them"):
+        regions_from_map(image, {"#ff0000": "a sun"})  # white without a prompt is the background, as in the app
 
 
 def test_prompt_for_an_absent_colour_warns_and_specks_merge() -> None:
@@ -307,7 +309,7 @@ def test_prompt_for_an_absent_colour_warns_and_specks_merge() -> None:
                                                  "#00ff00": "grass"})
     assert len(regions) == 2
     assert any("#00ff00" in w and "not in the region map" in w for w in warnings)
-    assert any("stray colour" in w for w in warnings)
+    assert any("1 stray pixel(s)" in w for w in warnings)
 
 
 def test_transparent_pixels_are_background() -> None:

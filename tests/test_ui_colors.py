@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from studio_ui.canvas import compose, drawing_colors, render_drawing, scale_drawing
-from studio_ui.colors import (extract_regions, flatten, is_background, majority_filter, readable_name,
+from core.colors import (extract_regions, flatten, is_background, majority_filter, readable_name,
                               region_label_image, swatch_data_url, to_hex, to_rgb)
 from studio_ui.methods import strokes_image
 
@@ -160,6 +160,6 @@ def test_strokes_image_leaves_white_free() -> None:
 
 
 def test_ui_helpers_never_import_streamlit() -> None:
-    code = ("import sys; import studio_ui.colors, studio_ui.canvas, studio_ui.jobs, studio_ui.gallery, "
+    code = ("import sys; import core.colors, studio_ui.canvas, studio_ui.jobs, studio_ui.gallery, "
             "studio_ui.methods; assert 'streamlit' not in sys.modules, 'streamlit imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))

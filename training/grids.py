@@ -40,7 +40,8 @@ from core.cli import EXIT_USER_ERROR, OneLineParser
 from core.engine import Engine
 from core.errors import StudioError
 from core.panorama import MultiDiffusionRequest
-from core.region_map import Region, color_name, regions_from_map
+from core.colors import color_name
+from core.region_map import Region, regions_from_map
 from core.requests import MAX_SEED, GenerationRequest, check_range
 from core.stroke_guidance import stroke_request
 from core.vae_codec import require_multiple_of

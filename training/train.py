@@ -291,7 +291,12 @@ def train_vae(cfg: TrainConfig, model_cfg: ModelConfig, store: ImageStore, resum
               device: torch.device, amp: torch.dtype | None, logger: JsonLog) -> AutoencoderKL:
     """Stage A: train (or continue training) the autoencoder; returns it in eval mode."""
     set_seed(cfg.seed)
-    vae = (build_vae(model_cfg.vae, cfg.resolution) if cfg.vae_init is None else load_vae(cfg.vae_init)).to(device)
+    if cfg.vae_init is None:
+        vae = build_vae(model_cfg.vae, cfg.resolution)
+    else:  # a new GroupNorm grouping (--vae-norm-groups) keeps the weights' shapes
+        groups = cfg.overrides.get("vae_norm_groups")
+        vae = load_vae(cfg.vae_init, **({"norm_num_groups": groups} if groups else {}))
+    vae = vae.to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     start = 0
     if resume is not None and resume.stage == "vae":
@@ -600,13 +605,15 @@ def _model_config(cfg: TrainConfig, resume: CheckpointRef | None) -> ModelConfig
     return apply_overrides(preset(cfg.preset), **cfg.overrides)
 
 
-def load_vae(folder: Path) -> AutoencoderKL:
-    """The VAE of a VAE folder or of an SD folder (its ``vae/``); safetensors only."""
+def load_vae(folder: Path, **config: Any) -> AutoencoderKL:
+    """The VAE of a VAE folder or of an SD folder (its ``vae/``); safetensors only.
+    ``config`` changes config values that leave the weights' shapes as they are
+    (``norm_num_groups``)."""
     folder = Path(folder)
     source = folder / "vae" if (folder / "vae" / "config.json").exists() else folder
     if not (source / "config.json").exists():
         raise StudioError(f"no VAE in {folder}: give a VAE folder (config.json + safetensors) or an SD folder")
-    return AutoencoderKL.from_pretrained(source, use_safetensors=True)
+    return AutoencoderKL.from_pretrained(source, use_safetensors=True, **config)
 
 
 def load_init(cfg: TrainConfig) -> Parts:

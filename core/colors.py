@@ -1,4 +1,5 @@
-"""Colours of a painted region map or scribble, with numpy only (no streamlit, no torch).
+"""Colours of a painted region map or scribble, with numpy only (no torch): the one colour
+parser and the one region-map reader, used by the app and the CLI alike.
 
 A canvas export is never a clean set of flat colours: brush edges are anti-aliased
 (a red stroke on white leaves pinks along its border), uploaded maps may be JPEG-noisy,
@@ -10,6 +11,10 @@ actually painted and gives every pixel to one of them:
 2. every pixel goes to the nearest candidate colour (anti-aliased edges join a side);
 3. a few rounds of 3x3 majority vote clean the ragged borders and lone pixels;
 4. regions still under ``min_fraction`` (specks) join their nearest surviving colour.
+
+:func:`read_region_map` does this for an image of any size: the colours are found on a copy
+of at most ``ANALYSIS_SIZE`` pixels a side, every pixel of the full image then goes to the
+nearest of them.
 """
 from __future__ import annotations
 
@@ -19,9 +24,16 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+
+from .errors import StudioError
+from .requests import show
 
 RGB = tuple[int, int, int]
 WHITE: RGB = (255, 255, 255)
+MAX_MAP_COLOURS = 12  # colours a region map may have (more are merged into the nearest)
+MIN_FRACTION = 0.002  # a colour covering less of the map than this is a speck or an anti-aliased edge
+ANALYSIS_SIZE = 256  # colours are found on a copy at most this big (every pixel is still labelled)
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 _RGBA = re.compile(r"^rgba?\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(?:,\s*([\d.]+)\s*)?\)$")
 _NAMED: dict[str, RGB] = {"white": WHITE, "black": (0, 0, 0), "red": (255, 0, 0), "green": (0, 128, 0),
@@ -47,6 +59,17 @@ def to_rgb(color: str | RGB) -> RGB:
     raise ValueError(f"Unknown colour {color!r}: use #rrggbb or rgb(r, g, b).")
 
 
+def parse_color(text: str) -> str:
+    """'#RGB', '#RRGGBB' or 'RRGGBB' -> canonical '#rrggbb'; StudioError otherwise."""
+    if not isinstance(text, str) or not _HEX.match(text.strip()):
+        raise StudioError(f"{show(text)} is not a colour: write it as '#rrggbb' (e.g. '#ff8800').")
+    return to_hex(text)
+
+
+def color_name(rgb: RGB | np.ndarray) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb[:3]))
+
+
 def to_hex(color: str | RGB) -> str:
     r, g, b = to_rgb(color)
     return f"#{r:02x}{g:02x}{b:02x}"
@@ -65,7 +88,7 @@ def flatten(image: np.ndarray, background: RGB = WHITE) -> np.ndarray:
 
 
 @dataclass
-class Region:
+class MapRegion:
     """One colour of a region map and the pixels that belong to it."""
 
     color: RGB
@@ -146,7 +169,7 @@ def majority_filter(labels: np.ndarray, k: int, rounds: int = 2) -> np.ndarray:
 
 
 def extract_regions(image: np.ndarray, *, max_colors: int = 12, min_fraction: float = 0.002,
-                    merge_distance: float = 24.0, background: RGB = WHITE, smooth: bool = True) -> list[Region]:
+                    merge_distance: float = 24.0, background: RGB = WHITE, smooth: bool = True) -> list[MapRegion]:
     """The painted colours of ``image`` (H, W, 3|4 uint8) and their masks, largest first.
 
     Every pixel belongs to exactly one region. Transparent pixels count as ``background``.
@@ -175,12 +198,12 @@ def extract_regions(image: np.ndarray, *, max_colors: int = 12, min_fraction: fl
         if moved.any():
             labels[moved] = nearest(rgb[moved], palette)
     counts = np.bincount(labels.ravel(), minlength=len(palette))
-    regions = [Region(tuple(int(round(c)) for c in palette[i]), labels == i, counts[i] / (h * w))  # type: ignore[arg-type]
+    regions = [MapRegion(tuple(int(round(c)) for c in palette[i]), labels == i, counts[i] / (h * w))  # type: ignore[arg-type]
                for i in range(len(palette)) if counts[i] > 0]
     return sorted(regions, key=lambda r: -r.fraction)
 
 
-def region_label_image(regions: list[Region]) -> np.ndarray:
+def region_label_image(regions: list[MapRegion]) -> np.ndarray:
     """The cleaned map: (H, W, 3) uint8 with each region painted in its flat colour."""
     h, w = regions[0].mask.shape
     out = np.zeros((h, w, 3), np.uint8)
@@ -195,8 +218,6 @@ def is_background(color: RGB, background: RGB = WHITE, tolerance: float = 24.0) 
 
 def swatch_data_url(color: str | RGB, size: int = 20) -> str:
     """A small square PNG of ``color`` as a data URL (for table image columns)."""
-    from PIL import Image  # Pillow ships with the app; kept local so numpy users need not import it
-
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), to_rgb(color)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -225,3 +246,25 @@ def readable_name(color: str | RGB) -> str:
     elif hi < 0.45 and name != "brown":
         name = f"dark {name}"
     return name
+
+
+def read_region_map(image: Image.Image, *, max_colors: int = MAX_MAP_COLOURS, min_fraction: float = MIN_FRACTION
+                    ) -> list[MapRegion]:
+    """The painted colours of a region map (any size, mode or alpha: transparent is white)
+    and their full-size masks, largest first; every pixel belongs to exactly one of them."""
+    rgb = flatten(np.asarray(image.convert("RGBA")))
+    h, w = rgb.shape[:2]
+    if max(h, w) <= ANALYSIS_SIZE:
+        return extract_regions(rgb, max_colors=max_colors, min_fraction=min_fraction)
+    scale = ANALYSIS_SIZE / max(h, w)
+    small = Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.NEAREST)
+    palette = np.array([r.color for r in extract_regions(np.asarray(small), max_colors=max_colors,
+                                                         min_fraction=min_fraction)], np.float32)
+    labels = np.concatenate([nearest(rgb[i:i + 256].reshape(-1, 3), palette).reshape(-1, w)
+                             for i in range(0, h, 256)])
+    if len(palette) > 1:
+        labels = majority_filter(labels, len(palette))
+    counts = np.bincount(labels.ravel(), minlength=len(palette))
+    regions = [MapRegion(tuple(int(c) for c in palette[i]), labels == i, counts[i] / (h * w))  # type: ignore[arg-type]
+               for i in range(len(palette)) if counts[i] > 0]
+    return sorted(regions, key=lambda r: -r.fraction)
