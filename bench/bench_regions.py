@@ -41,7 +41,7 @@ from core.panorama import MultiDiffusionRequest, decode_canvas, fusion_eps_fn, f
 from core.prompts import PromptEncoder  # noqa: E402
 from core.region_map import Region  # noqa: E402
 from core.requests import GenerationRequest  # noqa: E402
-from core.tiny_model import build_tiny_sd  # noqa: E402
+from training.tiny_model import build_tiny_sd  # noqa: E402
 
 PROMPT, NEGATIVE = "a castle on a hill, dramatic clouds", "blurry, low quality"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.engine import Engine
-from core.tiny_model import build_tiny_sd
+from training.tiny_model import build_tiny_sd
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -17,7 +17,7 @@ from core.region_fusion import FusionPath, RegionFusion, fusion_weight_sum
 from core.region_map import Region
 from core.requests import GenerationRequest
 from core.sampling import denoise
-from core.tiny_model import build_tiny_sd
+from training.tiny_model import build_tiny_sd
 
 from analytic import C, analytic_model, constants_table, ddim
 

@@ -13,7 +13,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, con
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from core.checkpoint_export import (CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, export_single_file, main, unet_to_ldm,
+from training.checkpoint_export import (CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, export_single_file, main, unet_to_ldm,
                                     vae_to_ldm)
 from core.engine import Engine
 from core.errors import StudioError

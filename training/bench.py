@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from core.tokenizer_build import build_clip_tokenizer
+from .tokenizer_build import build_clip_tokenizer
 
 from . import procedural as P
 from .models import (ModelConfig, apply_overrides, build_text_encoder, build_unet, build_vae, count_params,

@@ -55,7 +55,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from core.cli import EXIT_USER_ERROR, OneLineParser
 from core.errors import StudioError
-from core.tokenizer_build import build_clip_tokenizer
+from .tokenizer_build import build_clip_tokenizer
 
 from .checkpoint import EMA, CheckpointRef, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .data import EpochSampler, ImageStore, Record, find_records, fingerprint, scribble_records, to_uint8

@@ -4,7 +4,7 @@ This is the inverse of diffusers' single-file conversion (``StableDiffusionPipel
 the file has the key layout of ``v1-5-pruned-emaonly.safetensors``, so AUTOMATIC1111, ComfyUI and
 diffusers can load it::
 
-    python -m core.checkpoint_export pretrained_models/studio-demo studio-demo.safetensors [--dtype fp16]
+    python -m training.checkpoint_export pretrained_models/studio-demo studio-demo.safetensors [--dtype fp16]
 
 * UNet -> ``model.diffusion_model.*`` (``input_blocks`` / ``middle_block`` / ``output_blocks``; the
   block indices follow from ``layers_per_block`` and the number of blocks, read from ``unet/config.json``).
@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import StudioError
+from core.errors import StudioError
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def _resolve_folder(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    from .loading import models_dir  # imports diffusers: only when a name has to be looked up
+    from core.loading import models_dir  # imports diffusers: only when a name has to be looked up
 
     named = models_dir() / spec
     return named if named.is_dir() else path
@@ -340,7 +340,7 @@ def _resolve_folder(spec: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m core.checkpoint_export",
+        prog="python -m training.checkpoint_export",
         description="Write a diffusers-format SD 1.x model folder as one original-format (LDM) .safetensors "
                     "checkpoint, loadable by AUTOMATIC1111, ComfyUI and diffusers' from_single_file.")
     parser.add_argument("folder", help="diffusers model folder, or a model name under pretrained_models/")
