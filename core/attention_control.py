@@ -26,7 +26,6 @@ bit-exactly. The UNet is shared, so requests with semantic control must run one 
 from __future__ import annotations
 
 import math
-import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,27 +37,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .colors import parse_color, to_rgb
 from .errors import StudioError
 from .sampling import alpha_bar
 
 COLOUR_TOLERANCE = 40  # max per-channel difference (0..255) for a pixel to belong to a named colour
-_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 _INSTALL_LOCK = threading.Lock()  # one semantic-control request at a time per process
-
-
-def parse_colour(text: str) -> tuple[int, int, int]:
-    """'#rrggbb' (or 'rrggbb') -> (r, g, b); StudioError otherwise."""
-    match = _HEX.match(str(text).strip())
-    if not match:
-        raise StudioError(f"'{text}' is not a colour: write it as #rrggbb, e.g. #ff8800.")
-    value = match.group(1)
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
 def colour_mask(strokes: Image.Image, colour: str, tolerance: int = COLOUR_TOLERANCE) -> np.ndarray:
     """(H, W) float mask of the painted pixels of ``strokes`` close to ``colour``."""
     rgba = np.asarray(strokes.convert("RGBA"), dtype=np.int16)
-    target = np.array(parse_colour(colour), dtype=np.int16)
+    target = np.array(to_rgb(parse_color(colour)), dtype=np.int16)
     near = np.abs(rgba[..., :3] - target).max(axis=-1) <= tolerance
     return (near & (rgba[..., 3] >= 128)).astype(np.float32)
 
@@ -101,7 +91,7 @@ def word_regions(tokenizer: Any, prompt: str, strokes: Image.Image, words: Seque
         raise StudioError(f"Words not in the prompt: {names}. Add them to the prompt or change the words file.")
     by_colour: dict[str, list[int]] = {}
     for colour, phrase in words:
-        key = "#%02x%02x%02x" % parse_colour(colour)
+        key = "#%02x%02x%02x" % to_rgb(parse_color(colour))
         by_colour.setdefault(key, []).extend(phrase_tokens(tokenizer, prompt, phrase) or [])
     regions = []
     for colour, tokens in by_colour.items():

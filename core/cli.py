@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -21,7 +20,7 @@ from .model_settings import recommended_for
 from .outputs import check_output, model_record, replay, save_result
 from .recipe import make_recipe, save_png
 from .outputs import parameters_for
-from .requests import GenerationRequest
+from .requests import GenerationRequest, random_seed
 from .sampling import ProgressEvent
 from .schedulers import SCHEDULER_NAMES
 
@@ -133,7 +132,7 @@ def summary(engine: Engine, result: GenerationResult, outputs: list[str]) -> dic
 
 
 def generation_request(args: argparse.Namespace, **extra: Any) -> GenerationRequest:
-    seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
+    seed = args.seed if args.seed is not None else random_seed()
     return GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
                              height=args.height, steps=args.steps, guidance_scale=args.cfg, seed=seed,
                              scheduler=args.scheduler, num_images=args.num_images, **extra)

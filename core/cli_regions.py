@@ -10,7 +10,6 @@ marks a background colour (transparent pixels are background too).
 from __future__ import annotations
 
 import argparse
-import random
 from typing import Any, Callable
 
 from PIL import Image
@@ -20,6 +19,7 @@ from .errors import StudioError
 from .inputs import open_image
 from .panorama import MultiDiffusionRequest
 from .region_map import MAX_REGIONS, check_aspect, load_prompt_table, regions_from_map
+from .requests import random_seed
 
 
 def _multiple_of_8(value: float) -> int:
@@ -77,7 +77,7 @@ def _load_map(args: argparse.Namespace) -> tuple[Image.Image | None, Any]:
 
 def _request(args: argparse.Namespace, kind: str, prompt: str, width: int | None, height: int | None,
              regions: tuple, **extra: Any) -> MultiDiffusionRequest:
-    seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
+    seed = args.seed if args.seed is not None else random_seed()
     init = open_image(args.image, "Init image") if getattr(args, "image", None) else None
     return MultiDiffusionRequest(
         prompt=prompt, negative_prompt=args.negative, regions=regions, kind=kind, width=width, height=height,

@@ -10,12 +10,12 @@ words of the prompt: ``{"#3050e0": "river", "#a0a0a0": ["castle", "stone walls"]
 from __future__ import annotations
 
 import argparse
-import random
 from typing import Any, Callable
 
 from .cli import add_common, add_generation, load_engine, run_and_save
 from .errors import StudioError
 from .inputs import open_image, read_json_file
+from .requests import random_seed
 from .stroke_guidance import METHODS, WORDS_EXAMPLE, stroke_request, word_pairs
 
 
@@ -36,7 +36,7 @@ def read_words(path: str | None) -> dict[str, Any]:
 def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
     """Build the request (fidelity first, explicit flags win), run it and save with its recipe."""
     strokes = open_image(args.strokes, "Scribble")
-    seed = args.seed if args.seed is not None else random.randint(0, 2**32 - 1)
+    seed = args.seed if args.seed is not None else random_seed()
     request = stroke_request(
         args.prompt, strokes, method=args.method, fidelity=args.fidelity, words=read_words(args.words),
         negative_prompt=args.negative, width=args.width, height=args.height, steps=args.steps,

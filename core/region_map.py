@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .blur import gaussian_blur, kernel_for
 from .colors import flatten, parse_color, read_region_map
 from .errors import StudioError
 from .inputs import MAX_INPUT_PIXELS, check_image_size, has_alpha, normalise_mode, read_json_file
@@ -217,15 +218,6 @@ def check_aspect(size: tuple[int, int], canvas: tuple[int, int], what: str = "Th
                           "ratio or choose a width and height that match it.")
 
 
-def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (1, 1, h, w) with replicate padding."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
-    taps = taps / taps.sum()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-
-
 def latent_mask(mask: Image.Image, canvas: tuple[int, int], factor: int, soft: bool = False,
                 feather: float = 0.0) -> Tensor:
     """A mask image -> (h, w) weights at latent size for a (width, height) pixel canvas.
@@ -242,7 +234,7 @@ def latent_mask(mask: Image.Image, canvas: tuple[int, int], factor: int, soft: b
         return F.interpolate((x > 0.5).float(), size=size, mode="nearest")[0, 0]
     x = F.interpolate(x, size=size, mode="area")
     if feather > 0:
-        x = _gaussian_blur(x, feather)
+        x = gaussian_blur(x, feather, kernel_for(feather))
     return x.clamp(0, 1)[0, 0]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import random
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,7 +20,7 @@ from .schedulers import canonical_scheduler_name
 from .vae_codec import require_multiple_of
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("STUDIO_MAX_PIXELS", 4096 * 2048))  # per image
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1  # seeds are 0..MAX_SEED everywhere (CLI, app, recipes)
 MAX_SIDE = 65536  # pixels per side (the pixel limit binds long before)
 LIMIT = "limit"  # field metadata key: a local limit that recipes may lower but never raise
 
@@ -91,6 +92,11 @@ def check_side(name: str, value: Any) -> None:
         if value > MAX_SIDE:
             raise StudioError(f"{name.capitalize()} must be at most {MAX_SIDE} pixels, got {show(value)}.")
         require_multiple_of(value, name.capitalize())
+
+
+def random_seed() -> int:
+    """A fresh seed in the one seed range."""
+    return random.randint(0, MAX_SEED)
 
 
 def check_pixels(width: int | None, height: int | None, max_pixels: Any) -> None:

@@ -50,7 +50,6 @@ reference defaults): see :func:`fidelity_parameters`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from contextlib import nullcontext
@@ -65,7 +64,9 @@ from diffusers import (DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteSched
 from PIL import Image
 from torch import Tensor
 
-from .attention_control import SemanticControl, colour_mask, parse_colour, semantic_attention, word_regions
+from .blur import gaussian_blur
+from .colors import parse_color
+from .attention_control import SemanticControl, colour_mask, semantic_attention, word_regions
 from .engine import RUNNERS, Engine, GenerationResult, img2img_timesteps, initial_noise
 from .errors import CancelledError, StudioError
 from .inputs import alpha_channel
@@ -181,7 +182,7 @@ class StrokeRequest:
 
     def _check_words(self) -> None:
         for colour, phrase in self.words:
-            parse_colour(colour)
+            parse_color(colour)
             if not phrase.strip():
                 raise StudioError(f"Colour {colour} names no words: give words of the prompt, e.g. \"river\".")
             if not colour_mask(self.strokes, colour).any():
@@ -275,35 +276,6 @@ def blur_at(sigma: float, kernel: int, width: int, height: int, pixel: int = 1) 
     scale = math.sqrt(width * height) / REFERENCE_SIZE / pixel
     size = max(1, int(round(kernel * scale)))
     return sigma * scale, size if size % 2 else size + 1
-
-
-@functools.lru_cache(maxsize=64)
-def blur_matrix(size: int, sigma: float, kernel: int) -> Tensor:
-    """(size, size) matrix of a 1-D Gaussian blur with reflect padding: blurred = M @ x.
-
-    Row i holds the normalised taps exp(-d^2 / 2 sigma^2), |d| <= kernel // 2, at the reflected
-    indices (kornia's ``gaussian_blur2d`` border); kernel is clipped so one reflection suffices.
-    """
-    kernel = min(kernel, 2 * size - 1)
-    offsets = torch.arange(kernel, dtype=torch.float64) - kernel // 2
-    taps = torch.exp(-offsets**2 / (2 * sigma**2))
-    taps = taps / taps.sum()
-    matrix = torch.zeros(size, size, dtype=torch.float64)
-    for i in range(size):
-        j = (i + offsets.long()).abs()
-        j = torch.where(j > size - 1, 2 * (size - 1) - j, j)
-        matrix[i].index_add_(0, j, taps)
-    return matrix
-
-
-def gaussian_blur(images: Tensor, sigma: float, kernel: int) -> Tensor:
-    """Separable Gaussian blur of (B, C, H, W) images as G_H X G_W^T (differentiable; two matmuls
-    ran several times faster than depthwise convolutions on the CPU at 64..512 px)."""
-    if kernel <= 1 or sigma <= 0:
-        return images
-    rows = blur_matrix(images.shape[-2], float(sigma), int(kernel)).to(images)
-    cols = blur_matrix(images.shape[-1], float(sigma), int(kernel)).to(images)
-    return rows @ images @ cols.T
 
 
 @dataclass

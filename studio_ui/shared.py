@@ -21,6 +21,7 @@ from core.engine import Engine
 from core.errors import StudioError
 from core.loading import HOW_TO_GET_WEIGHTS, LoadOptions, available_models, default_model, models_dir
 from core.model_settings import Recommended, recommended_for
+from core.requests import MAX_SEED, random_seed
 
 from .gallery import GalleryItem, GalleryStore, outputs_dir
 from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
@@ -28,7 +29,6 @@ from .restore import restore_ui
 
 ss = st.session_state
 OTHER_MODEL = "Other (path or hub id)…"
-MAX_SEED = 2**32 - 1
 GLOBAL_CSS = """<style>
 .block-container, [data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 2rem; }
 h1 { padding-top: 0 !important; }
@@ -203,7 +203,7 @@ def bound(widget: Callable[..., Any], label: str, key: str, **kwargs: Any) -> An
 
 
 def _new_seed() -> None:
-    ss["seed"] = random.randint(0, MAX_SEED)
+    ss["seed"] = random_seed()
 
 
 def _device_choices() -> list[str]:

@@ -18,7 +18,8 @@ from core.errors import StudioError
 from core.latent_rgb import latents_to_rgb
 from core.requests import GenerationRequest
 from core.sampling import alpha_bar, denoise
-from core.stroke_guidance import (StrokeRequest, StrokeResult, StrokeTarget, blur_at, blur_matrix, check_scheduler,
+from core.blur import blur_matrix
+from core.stroke_guidance import (StrokeRequest, StrokeResult, StrokeTarget, blur_at, check_scheduler,
                                   fidelity_parameters, gaussian_blur, guided_steps, masked_mse, painting_loss,
                                   sample_gradop, sample_gradop_plus, sample_sdedit, stroke_request)
 
