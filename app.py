@@ -6,15 +6,12 @@ engine, the job queue, the gallery) lives in ``studio_ui/``; the engine is ``cor
 import streamlit as st
 
 from studio_ui import shared
+from studio_ui.site import PAGES
 
 st.set_page_config(page_title="Sketch-to-Art Studio", page_icon=":material/palette:", layout="wide")
 
-page = st.navigation([
-    st.Page("pages/scribble.py", title="Scribble to Art", icon=":material/draw:", url_path="scribble", default=True),
-    st.Page("pages/regions.py", title="Region Painter", icon=":material/format_paint:", url_path="regions"),
-    st.Page("pages/panorama.py", title="Panorama", icon=":material/panorama:", url_path="panorama"),
-    st.Page("pages/gallery.py", title="Gallery", icon=":material/photo_library:", url_path="gallery"),
-])
+page = st.navigation([st.Page(p.file, title=p.title, icon=p.icon, url_path=p.key, default=i == 0)
+                      for i, p in enumerate(PAGES)])
 shared.sidebar()
 with shared.routed():  # tells the page that the sidebar is drawn (see shared.ensure_router)
     page.run()

@@ -16,6 +16,7 @@ from PIL import Image
 
 from .cli import add_common, add_generation, load_engine, run_and_save
 from .errors import StudioError
+from .colors import free_white
 from .inputs import open_image
 from .panorama import MultiDiffusionRequest
 from .region_map import MAX_REGIONS, check_aspect, load_prompt_table, regions_from_map
@@ -100,8 +101,30 @@ def cmd_regions(args: argparse.Namespace) -> dict[str, Any]:
     width, height, notes = _size_from_map(image, args.width, args.height)
     check_aspect(image.size, (width, height))
     regions, warnings = regions_from_map(image, table)
+    if args.keep_colours:  # the map is also a scribble whose colours GradOP+ keeps (white stays free)
+        return _run(args, _keep_colours_request(args, image, args.background_prompt, width, height, regions),
+                    notes + warnings)
     request = _request(args, "regions", args.background_prompt, width, height, tuple(regions))
     return _run(args, request, notes + warnings)
+
+
+def _keep_colours_request(args: argparse.Namespace, image: Image.Image, prompt: str, width: int, height: int,
+                          regions: list) -> Any:
+    from .stroke_guidance import stroke_request
+
+    if getattr(args, "image", None):
+        raise StudioError("--keep-colours starts from the map itself: it does not take --image.")
+    if not prompt.strip():
+        prompt = ", ".join(r.prompt for r in regions)  # the background ties the regions together
+    seed = args.seed if args.seed is not None else random_seed()
+    strokes = free_white(image)
+    if strokes.size != (width, height):
+        strokes = strokes.resize((width, height), Image.NEAREST)
+    return stroke_request(prompt, strokes, method="gradop+", fidelity=args.fidelity, negative_prompt=args.negative,
+                          width=width, height=height, steps=args.steps, guidance_scale=args.cfg, seed=seed,
+                          scheduler="ddim" if args.scheduler in (None, "default") else args.scheduler,
+                          num_images=args.num_images, regions=tuple(regions),
+                          region_bootstrap=args.bootstrap, max_regions=args.max_regions)
 
 
 def cmd_panorama(args: argparse.Namespace) -> dict[str, Any]:
@@ -127,6 +150,10 @@ def register(sub: Any, commands: dict[str, Callable[[argparse.Namespace], dict[s
     add_generation(p, "the region map's size", prompt=False)
     p.add_argument("--background-prompt", default="", help="prompt of the background (unpainted / null colours)")
     _region_args(p, required=True)
+    p.add_argument("--keep-colours", action="store_true",
+                   help="also keep the map's colours in the picture (GradOP+ stroke guidance; white stays free)")
+    p.add_argument("--fidelity", type=float, default=0.5,
+                   help="--keep-colours: 0 ignores the colours, 1 follows them closely (default 0.5)")
     _view_args(p)
     _img2img_args(p)
     add_common(p)

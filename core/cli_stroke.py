@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .cli import add_common, add_generation, load_engine, run_and_save
 from .errors import StudioError
 from .inputs import open_image, read_json_file
+from .region_map import load_prompt_table, regions_from_map
 from .requests import random_seed
 from .stroke_guidance import METHODS, WORDS_EXAMPLE, stroke_request, word_pairs
 
@@ -37,15 +38,21 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
     """Build the request (fidelity first, explicit flags win), run it and save with its recipe."""
     strokes = open_image(args.strokes, "Scribble")
     seed = args.seed if args.seed is not None else random_seed()
+    regions, notes = (), []
+    if args.prompts:  # each listed colour of the scribble gets its own prompt (MultiDiffusion)
+        found, notes = regions_from_map(strokes, load_prompt_table(args.prompts), unlisted="background")
+        regions = tuple(found)
     request = stroke_request(
         args.prompt, strokes, method=args.method, fidelity=args.fidelity, words=read_words(args.words),
         negative_prompt=args.negative, width=args.width, height=args.height, steps=args.steps,
         guidance_scale=args.cfg, seed=seed, scheduler=args.scheduler, num_images=args.num_images,
         strength=args.strength, iterative_steps=args.iterative_steps, grad_steps=args.grad_steps, lr=args.lr,
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
-        refine_steps=args.refine_steps, word_weight=args.word_weight,
+        refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
     )
-    return run_and_save(args, load_engine(args), request)
+    result = run_and_save(args, load_engine(args), request)
+    result["warnings"] = notes + list(result.get("warnings", []))
+    return result
 
 
 def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -> None:
@@ -67,5 +74,7 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     p.add_argument("--refine-steps", type=int, help="--fast: true-decoder Adam steps at the end (default 0)")
     p.add_argument("--words", help="JSON file mapping '#rrggbb' colours of the scribble to words of the prompt")
     p.add_argument("--word-weight", type=float, help="strength w of the words' attention bias (default 0.4)")
+    p.add_argument("--prompts", help="PROMPTS.json mapping '#rrggbb' colours of the scribble to their own prompts "
+                                     "(region prompts by MultiDiffusion; --prompt is the background's)")
     add_common(p)
     commands["stroke"] = cmd_stroke

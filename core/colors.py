@@ -248,6 +248,16 @@ def readable_name(color: str | RGB) -> str:
     return name
 
 
+def free_white(image: Image.Image) -> Image.Image:
+    """A map or canvas as a scribble for stroke guidance: RGBA whose white (unpainted) pixels
+    are transparent, so that only painted pixels constrain the picture (RGB if all is white)."""
+    array = flatten(np.asarray(image.convert("RGBA")))
+    alpha = np.where((array == 255).all(axis=-1), 0, 255).astype(np.uint8)
+    if not alpha.any():
+        return Image.fromarray(array)
+    return Image.fromarray(np.dstack([array, alpha]), "RGBA")
+
+
 def read_region_map(image: Image.Image, *, max_colors: int = MAX_MAP_COLOURS, min_fraction: float = MIN_FRACTION
                     ) -> list[MapRegion]:
     """The painted colours of a region map (any size, mode or alpha: transparent is white)

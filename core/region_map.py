@@ -164,22 +164,23 @@ def load_prompt_table(path: str | Path) -> dict[str, ColorPrompt]:
 # --- region maps -----------------------------------------------------------------------------
 
 
-def regions_from_map(image: Image.Image, table: Mapping[str, ColorPrompt | str | None | Mapping]
-                     ) -> tuple[list[Region], list[str]]:
+def regions_from_map(image: Image.Image, table: Mapping[str, ColorPrompt | str | None | Mapping],
+                     unlisted: str = "error") -> tuple[list[Region], list[str]]:
     """Regions of a painted colour map, and warnings; the map is read as the app reads it
     (:func:`core.colors.read_region_map`: anti-aliased edges, JPEG noise and specks join
     the nearest painted colour).
 
     Colours with a prompt become regions (in the table's order); white (and transparent
     pixels) without a prompt, and colours mapped to null, are background. A painted colour
-    with no prompt is an error that lists every such colour; a prompt whose colour is absent
-    is a warning.
+    with no prompt is an error that lists every such colour (``unlisted="background"``: it is
+    background too, as for a scribble of which only some colours have prompts); a prompt whose
+    colour is absent is a warning.
     """
     entries = {parse_color(k): v if isinstance(v, ColorPrompt) else _color_prompt(parse_color(k), v)
                for k, v in table.items()}
     found = {r.hex: r for r in read_region_map(image)}
     missing = [h for h in found if h not in entries and h != "#ffffff"]
-    if missing:
+    if missing and unlisted != "background":
         shares = ", ".join(f"{h} ({100 * found[h].fraction:.1f}%)" for h in missing)
         raise StudioError(f"The region map has colour(s) with no prompt: {shares}. Add them to the prompts file "
                           "(map a colour to null to make it background).")

@@ -64,15 +64,17 @@ from diffusers import (DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteSched
 from PIL import Image
 from torch import Tensor
 
+from .attention_control import SemanticControl, colour_mask, semantic_attention, word_regions
 from .blur import gaussian_blur
 from .colors import parse_color
-from .attention_control import SemanticControl, colour_mask, semantic_attention, word_regions
 from .engine import RUNNERS, Engine, GenerationResult, img2img_timesteps, initial_noise
 from .errors import CancelledError, StudioError
 from .inputs import alpha_channel
 from .latent_rgb import latent_rgb_map, latents_to_rgb
+from .panorama import MultiDiffusionRequest, bootstrap_for, fusion_eps_fn, fusion_setup, region_noise
 from .prompts import PromptEncoder
 from .recipe import register_request_kind
+from .region_map import MAX_REGIONS, Region
 from .requests import (DEFAULT_MAX_PIXELS, GenerationRequest, check_flag, check_image, check_int, check_pixels,
                        check_range, check_sampling, check_side, limit_field, show)
 from .sampling import (EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, classifier_free_guidance,
@@ -129,6 +131,10 @@ class StrokeRequest:
     fidelity: float | None = None  # the slider value the parameters came from (informational)
     words: tuple[tuple[str, str], ...] = ()  # (colour '#rrggbb', phrase of the prompt) pairs
     word_weight: float = 0.4  # w of eDiff-I's bias w * log(1 + sigma_t) * max logit
+    regions: tuple[Region, ...] = ()  # region prompts (MultiDiffusion): each mask gets its own prompt; the
+    # request's prompt is the background's. Composes with every method; not with words.
+    region_bootstrap: float = 0.4  # MultiDiffusion bootstrapping: share of the schedule's first steps
+    max_regions: int = limit_field(MAX_REGIONS)
     max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)
 
     def __post_init__(self) -> None:
@@ -142,6 +148,7 @@ class StrokeRequest:
         object.__setattr__(self, "words", word_pairs(self.words))
         self._check_values()
         self._check_words()
+        self._check_regions()
 
     def _check_inputs(self) -> None:
         if not isinstance(self.prompt, str):
@@ -189,6 +196,26 @@ class StrokeRequest:
                 raise StudioError(f"Colour {colour} is not painted in the scribble: use a colour of the scribble "
                                   "(within 40 per channel) or remove it from the words.")
 
+    def _check_regions(self) -> None:
+        if not isinstance(self.regions, (list, tuple)) or any(not isinstance(r, Region) for r in self.regions):
+            raise StudioError("Regions must be a list of core.region_map.Region objects (mask + prompt).")
+        object.__setattr__(self, "regions", tuple(self.regions))
+        check_range("Region bootstrap", self.region_bootstrap, 0, 1)
+        if self.regions and self.words:
+            raise StudioError("Words and region prompts do not combine: give each colour either words of the "
+                              "prompt or its own prompt, not both kinds in one request.")
+        if self.regions:
+            self.fusion_request()  # checks the regions as a MultiDiffusion request would
+
+    def fusion_request(self, **extra: Any) -> MultiDiffusionRequest:
+        """The MultiDiffusion half of a request with region prompts."""
+        width, height = self.size
+        return MultiDiffusionRequest(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, regions=self.regions, width=width,
+            height=height, steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
+            scheduler=self.scheduler, num_images=self.num_images, bootstrap=self.region_bootstrap,
+            max_regions=self.max_regions, max_pixels=self.max_pixels, **extra)
+
     @property
     def kind(self) -> str:
         return "stroke"
@@ -199,8 +226,8 @@ class StrokeRequest:
         return self.width or self.strokes.width, self.height or self.strokes.height
 
     def settings(self) -> dict[str, Any]:
-        """Every field but the scribble, for recipes and logs."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "strokes"}
+        """Every field but the scribble and the region masks, for recipes and logs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("strokes", "regions")}
 
 
 def fidelity_parameters(method: str, fidelity: float) -> dict[str, Any]:
@@ -589,6 +616,7 @@ class _Setup:
     eps_fn: EpsFn
     new_scheduler: Callable[[], Any]
     step_kwargs: Callable[[Any], dict]
+    warnings: list[str]
 
 
 def _setup(engine: Engine, request: StrokeRequest) -> _Setup:
@@ -604,11 +632,21 @@ def _setup(engine: Engine, request: StrokeRequest) -> _Setup:
     factor = bundle.vae_scale_factor
     shape = (bundle.unet.config.in_channels, height // factor, width // factor)
     seeds = [request.seed + i for i in range(n)]
-    noise, generators = initial_noise(seeds, shape, bundle.device, cond.dtype)
-    eps_fn = classifier_free_guidance(engine.model_fn(new_scheduler()), cond, uncond, request.guidance_scale)
+    warnings: list[str] = []
+    if request.regions:  # region prompts: the eps_fn is MultiDiffusion's fusion (the guidance is unchanged)
+        fusion = request.fusion_request()
+        fused = fusion_setup(engine, fusion, encoder, (width, height))
+        noise, generators = region_noise(fusion, fused.regions, fused.masks, shape, bundle.device, cond.dtype)
+        scheduler = new_scheduler()
+        eps_fn = fusion_eps_fn(engine, fusion, scheduler, fused, bootstrap_for(engine, fusion, scheduler,
+                                                                                fused.paths, noise))
+        warnings = fused.warnings
+    else:
+        noise, generators = initial_noise(seeds, shape, bundle.device, cond.dtype)
+        eps_fn = classifier_free_guidance(engine.model_fn(new_scheduler()), cond, uncond, request.guidance_scale)
     generator = generators[0] if n == 1 else generators
     return _Setup(encoder, cond, seeds, noise, generators, eps_fn, new_scheduler,
-                  lambda scheduler: step_kwargs(scheduler, generator))
+                  lambda scheduler: step_kwargs(scheduler, generator), warnings)
 
 
 def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, int] | None, StrokeTarget]:
@@ -645,7 +683,8 @@ def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallbac
     images = engine.decode(latents)
     timings["decode"] = time.perf_counter() - start
     return StrokeResult(images=images, seeds=setup.seeds, latents=latents, request=request, timings=timings,
-                        warnings=list(engine.bundle.warnings) + setup.encoder.warnings + _window_warning(request),
+                        warnings=list(engine.bundle.warnings) + setup.encoder.warnings + setup.warnings
+                        + _window_warning(request),
                         faithfulness=faithfulness(images, request), losses=trace.losses)
 
 
@@ -680,7 +719,14 @@ def _sample(engine: Engine, request: StrokeRequest, setup: _Setup, loss: Loss, r
 
 
 def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallback | None) -> StrokeResult:
-    """SDEdit: img2img from the (flattened) scribble at ``strength``, through Engine.generate."""
+    """SDEdit: img2img from the (flattened) scribble at ``strength``, through Engine.generate
+    (through MultiDiffusion with region prompts)."""
+    if request.regions:
+        result = engine.run(request.fusion_request(init_image=flatten_scribble(request.strokes),
+                                                   strength=request.strength), callback)
+        return StrokeResult(images=result.images, seeds=result.seeds, latents=result.latents, request=request,
+                            timings=result.timings, warnings=result.warnings,
+                            faithfulness=faithfulness(result.images, request))
     width, height = request.size
     plain = GenerationRequest(prompt=request.prompt, negative_prompt=request.negative_prompt, width=width,
                               height=height, steps=request.steps, guidance_scale=request.guidance_scale,

@@ -6,7 +6,8 @@ import streamlit as st
 
 from studio_ui import shared
 from studio_ui.canvas import unb64
-from studio_ui.restore import PAGE_FILES, restore
+from studio_ui.restore import restore
+from studio_ui.site import PAGE_FILES, PAGE_TITLES
 
 PAGE = "gallery"
 ss = st.session_state
@@ -49,7 +50,7 @@ if selected is not None:
         with info_col:
             st.subheader(selected.title, anchor=False)
             meta = selected.meta
-            st.caption(f"{shared.PAGE_TITLES.get(selected.page, selected.page)} · {meta.get('created', '')} · "
+            st.caption(f"{PAGE_TITLES.get(selected.page, selected.page)} · {meta.get('created', '')} · "
                        f"{meta.get('size', ['?', '?'])[0]}×{meta.get('size', ['?', '?'])[1]} · seed {meta.get('seed')} · "
                        f"model {meta.get('model', {}).get('name', '?')}")
             if selected.page in PAGE_FILES and st.button("Open in editor", type="primary", icon=":material/edit:",
@@ -92,7 +93,7 @@ columns = st.columns(4)
 for i, item in enumerate(shown[: ss[f"{PAGE}.shown"]]):
     with columns[i % 4].container(border=True):
         st.image(str(item.image_path), width="stretch")
-        st.caption(f"{item.title[:60]}  \n{shared.PAGE_TITLES.get(item.page, item.page)} · seed {item.meta.get('seed')}")
+        st.caption(f"{item.title[:60]}  \n{PAGE_TITLES.get(item.page, item.page)} · seed {item.meta.get('seed')}")
         st.button("View", key=f"{PAGE}.view.{item.id}", on_click=select, args=(item.id,), width="stretch",
                   type="tertiary", icon=":material/open_in_full:")
 if len(shown) > ss[f"{PAGE}.shown"]:

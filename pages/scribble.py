@@ -58,17 +58,24 @@ with canvas_slot:
     st.caption("Hover over the canvas for undo, redo, edit and reset.")
 
 with left:
-    st.toggle("Name the regions (semantic control)", key=f"{PAGE}.name_regions", persist_state="session",
-              help="Tell the model what each colour is, using words of your prompt (GradOP methods).")
+    st.toggle("Name the regions", key=f"{PAGE}.name_regions", persist_state="session",
+              help="Tell the model what each colour is: words of your prompt (semantic control), or a prompt of "
+                   "its own (region prompts by MultiDiffusion; the main prompt is then the background's).")
     region_words: dict[str, str] = {}
+    region_prompts: dict[str, str] = {}
     if ss[f"{PAGE}.name_regions"]:
         regions = widgets.find_regions(PAGE, scribble, ignore_white=True)
         if not regions:
             st.caption("Draw something first: each colour on the canvas gets a row here.")
         else:
-            rows = widgets.colour_table(PAGE, regions, {"words": {
-                "default": "", "config": st.column_config.TextColumn("Words from the prompt", width="medium")}})
-            region_words = {h: r["words"].strip() for h, r in rows.items() if r["words"].strip()}
+            rows = widgets.colour_table(PAGE, regions, {
+                "words": {"default": "", "config": st.column_config.TextColumn("Words from the prompt", width="medium")},
+                "prompt": {"default": "", "config": st.column_config.TextColumn("Or its own prompt", width="medium")}})
+            region_words = {h: r["words"].strip() for h, r in rows.items() if (r.get("words") or "").strip()}
+            region_prompts = {h: r["prompt"].strip() for h, r in rows.items() if (r.get("prompt") or "").strip()}
+            if region_words and region_prompts:
+                st.warning("Use either words of the prompt or own prompts for the colours, not both: clear one "
+                           "column.", icon=":material/warning:")
             tokenizer = engine.bundle.tokenizer if engine is not None else None
             missing = missing_region_words(tokenizer, ss[f"{PAGE}.prompt"], list(region_words.values()))
             if missing:
@@ -97,7 +104,8 @@ with right:
             prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"], steps=int(ss[f"{PAGE}.steps"]),
             guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
             fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
-            width=width, height=height, region_words=region_words, free_background=bool(ss[f"{PAGE}.free_background"]))
+            width=width, height=height, region_words=region_words, region_prompts=region_prompts,
+            free_background=bool(ss[f"{PAGE}.free_background"]))
         try:
             request = scribble_request(settings, None if blank else scribble)
         except StudioError as exc:

@@ -10,9 +10,10 @@ import numpy as np
 from PIL import Image
 
 from core.attention_control import missing_words
+from core.colors import free_white
 from core.errors import StudioError
 from core.panorama import MultiDiffusionRequest
-from core.region_map import Region
+from core.region_map import Region, regions_from_map
 from core.requests import GenerationRequest
 from core.stroke_guidance import stroke_request
 
@@ -44,20 +45,14 @@ class ScribbleSettings:
     width: int = 512
     height: int = 512
     region_words: dict[str, str] = field(default_factory=dict)  # colour hex -> words of the prompt
+    region_prompts: dict[str, str] = field(default_factory=dict)  # colour hex -> the colour's own prompt
     free_background: bool = True  # unpainted (white) canvas is left to the model, not kept white
 
 
 def strokes_image(scribble: Image.Image, free_background: bool) -> Image.Image:
     """The scribble for guidance: RGB, or RGBA with white (unpainted) pixels transparent so
     that only painted pixels constrain the result."""
-    rgb = scribble.convert("RGB")
-    if not free_background:
-        return rgb
-    array = np.asarray(rgb)
-    alpha = np.where((array == 255).all(axis=-1), 0, 255).astype(np.uint8)
-    if not alpha.any():
-        return rgb
-    return Image.fromarray(np.dstack([array, alpha]), "RGBA")
+    return free_white(scribble) if free_background else scribble.convert("RGB")
 
 
 def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
@@ -69,9 +64,13 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
     if scribble is None:
         return GenerationRequest(**common)
     method, fast = STROKE_METHODS[s.method]
+    regions = ()
+    if s.region_prompts:  # the scribble is also the region map (read as the CLI reads one)
+        found, _ = regions_from_map(scribble, dict(s.region_prompts), unlisted="background")
+        regions = tuple(found)
     return stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
-                                 fidelity=s.fidelity, words=dict(s.region_words), fast=fast, **{
-                                     k: v for k, v in common.items() if k != "prompt"})
+                          fidelity=s.fidelity, words=dict(s.region_words), fast=fast, regions=regions,
+                          **{k: v for k, v in common.items() if k != "prompt"})
 
 
 def missing_region_words(tokenizer: Any, prompt: str, words: list[str]) -> list[str]:

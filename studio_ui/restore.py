@@ -14,12 +14,12 @@ from core.loading import available_models
 
 from .canvas import b64, unb64
 from .gallery import GalleryItem
+from .site import PAGE_FILES
 from .widgets import reload_canvas, set_rows
 
 ss = st.session_state
 SIDEBAR_TYPES = {"model": str, "model_path": str, "device": str, "dtype": str, "attention_slicing": bool,
                  "vae_tiling": bool, "cpu_offload": bool}
-PAGE_FILES = {"scribble": "pages/scribble.py", "regions": "pages/regions.py", "panorama": "pages/panorama.py"}
 
 
 def sidebar_state() -> dict[str, Any]:

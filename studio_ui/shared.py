@@ -26,6 +26,7 @@ from core.requests import MAX_SEED, random_seed
 from .gallery import GalleryItem, GalleryStore, outputs_dir
 from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
 from .restore import restore_ui
+from .site import PAGE_TITLES
 
 ss = st.session_state
 OTHER_MODEL = "Other (path or hub id)…"
@@ -34,7 +35,6 @@ GLOBAL_CSS = """<style>
 h1 { padding-top: 0 !important; }
 </style>"""
 JOB_PARAM = "job"  # the address's query parameter naming the page's latest job
-PAGE_TITLES = {"scribble": "Scribble to Art", "regions": "Region Painter", "panorama": "Panorama", "gallery": "Gallery"}
 
 
 # --- shared resources --------------------------------------------------------------------

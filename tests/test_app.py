@@ -413,3 +413,27 @@ def test_finished_jobs_keep_their_page_state_only_while_it_may_be_needed() -> No
     queue.submit("s", "one more", steps_work(1, "")).cancel()
     assert [job.context for job in jobs] == [None, None, {"i": 2}, {"i": 3}]
     assert all(job.page == "panorama" for job in jobs)
+
+
+def test_scribble_colours_can_carry_their_own_prompts(studio: Path) -> None:
+    at = open_page("scribble", **{"scribble.steps": 3, "seed": 2, "scribble.method": "GradOP+ fast"})
+    draw(at, "scribble", DRAWING)
+    at.text_area(key="scribble.prompt").set_value("a watercolor painting of a field by day")
+    at.toggle(key="scribble.name_regions").set_value(True).run()
+    at.session_state["scribble.rows"] = {"#43a047": {"words": "", "prompt": "a green field"},
+                                         "#e53935": {"words": "", "prompt": "a red sun"}}
+    at.session_state["scribble.rows_rev"] = 1
+    at.run()
+    at.button(key="scribble.generate").click().run()
+    wait_for_job(at, "scribble")
+    assert not at.error, [e.value for e in at.error]
+    (item_id,) = at.session_state["scribble.results"]
+    recipe = json.loads((studio / f"{item_id}.json").read_text())["recipe"]
+    assert sorted(r["prompt"] for r in recipe["request"]["regions"]) == ["a green field", "a red sun"]
+
+    at.session_state["scribble.rows"] = {"#43a047": {"words": "field", "prompt": "a green field"}}
+    at.session_state["scribble.rows_rev"] = 2
+    at.run()
+    assert any("not both" in w.value for w in at.warning)
+    at.button(key="scribble.generate").click().run()
+    assert any("do not combine" in e.value for e in at.error)  # one clear line, nothing queued

@@ -191,3 +191,15 @@ def test_the_app_and_the_cli_read_a_map_into_the_same_regions(name: str, monkeyp
     assert [r.name for r in cli] == list(app)
     for region in cli:
         assert np.array_equal(np.asarray(region.mask) > 0, app[region.name]), region.name
+
+
+def test_a_region_map_can_keep_its_colours(tiny_model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "kept.png"
+    code, _, err = cli(capsys, "regions", "--model", tiny_model_dir, "--regions", region_map(tmp_path / "m.png"),
+                       "--prompts", prompts(tmp_path / "p.json", TABLE), "--keep-colours", "--fidelity", "0.8",
+                       "--steps", "4", "--seed", "1", "--device", "cpu", "--out", out)
+    assert code == 0, err
+    recipe = read_recipe(out)
+    assert recipe["kind"] == "stroke" and recipe["request"]["method"] == "gradop+"
+    assert [r["prompt"] for r in recipe["request"]["regions"]] == ["a red sun", "a lake"]
+    assert recipe["request"]["fidelity"] == 0.8 and recipe["request"]["prompt"] == "a red sun, a lake"

@@ -107,3 +107,24 @@ def run(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code)
+
+
+def test_scribble_colours_with_their_own_prompts(tiny_model_dir: Path, files: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    table = tmp_path / "prompts.json"
+    table.write_text(json.dumps({"#a0a0a0": "a grey stone castle"}))  # the sky and the river: background
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    assert main(stroke(tiny_model_dir, files["whole"], first, "--prompts", str(table))) == 0
+    recipe = read_recipe(first)["request"]
+    assert [(r["name"], r["prompt"]) for r in recipe["regions"]] == [("#a0a0a0", "a grey stone castle")]
+    assert main(["replay", str(first), "--out", str(again), "--device", "cpu", "--quiet"]) == 0
+    with Image.open(first) as a, Image.open(again) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    words = tmp_path / "w.json"
+    words.write_text(json.dumps({"#a0a0a0": "castle"}))
+    capsys.readouterr()
+    assert main(stroke(tiny_model_dir, files["whole"], tmp_path / "x.png", "--prompts", str(table), "--words",
+                       str(words))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Words and region prompts do not combine" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()

@@ -6,6 +6,7 @@ fixed linear latent -> RGB map upsampled 8x (nearest). No VAE, no UNet.
 """
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -308,3 +309,63 @@ def test_every_method_runs_on_the_tiny_model(tiny_engine: Engine, method: str, f
 def test_gradop_plus_refuses_a_multistep_scheduler(tiny_engine: Engine) -> None:
     with pytest.raises(StudioError, match="--scheduler ddim"):
         tiny_engine.run(StrokeRequest(prompt="a lake", strokes=scribble(), steps=4, scheduler="dpmpp_2m"))
+
+
+# --- composed with region prompts (MultiDiffusion) ---------------------------------------------------
+
+def top_and_bottom(width: int = 64, height: int = 64) -> tuple:
+    from core.region_map import Region
+
+    top = np.zeros((height, width), bool)
+    top[: height // 2] = True
+    return (Region(mask=top, prompt="a red sun", name="#e53935"), Region(mask=~top, prompt="a blue lake", name="#1e88e5"))
+
+
+def test_region_prompts_with_no_stroke_guidance_equal_multidiffusion_alone(tiny_engine: Engine) -> None:
+    from core.panorama import MultiDiffusionRequest
+
+    regions = top_and_bottom()
+    alone = tiny_engine.run(MultiDiffusionRequest(prompt="a painting", regions=regions, width=64, height=64, steps=6,
+                                                  seed=3, scheduler="ddim"))
+    composed = tiny_engine.run(StrokeRequest(prompt="a painting", strokes=scribble(), steps=6, seed=3,
+                                             iterative_steps=0, regions=regions))
+    assert torch.equal(composed.latents, alone.latents)
+    plain = tiny_engine.run(StrokeRequest(prompt="a painting", strokes=scribble(), steps=6, seed=3, iterative_steps=0))
+    assert not torch.equal(composed.latents, plain.latents)  # the regions did something
+
+
+def test_sdedit_with_region_prompts_equals_multidiffusion_img2img(tiny_engine: Engine) -> None:
+    from core.panorama import MultiDiffusionRequest
+
+    regions, strokes = top_and_bottom(), scribble()
+    alone = tiny_engine.run(MultiDiffusionRequest(prompt="a lake", regions=regions, width=64, height=64, steps=6,
+                                                  seed=2, scheduler="ddim", init_image=strokes, strength=0.6))
+    composed = tiny_engine.run(StrokeRequest(prompt="a lake", strokes=strokes, steps=6, seed=2, method="sdedit",
+                                             strength=0.6, regions=regions))
+    assert torch.equal(composed.latents, alone.latents) and isinstance(composed, StrokeResult)
+
+
+@pytest.mark.parametrize("method, fast", [("gradop+", False), ("gradop+", True), ("gradop", False)])
+def test_stroke_guidance_composes_with_region_prompts_and_replays(tiny_engine: Engine, tmp_path, method: str,
+                                                                   fast: bool) -> None:
+    from core.outputs import replay, save_result
+    from core.recipe import read_recipe
+
+    request = StrokeRequest(prompt="a painting", strokes=scribble(64, 48, partial=True), method=method, fast=fast,
+                            steps=6, grad_steps=3, seed=4, regions=top_and_bottom(64, 48))
+    result = tiny_engine.run(request)
+    guided = tiny_engine.run(dataclasses.replace(request, regions=()))
+    assert result.losses and not torch.equal(result.latents, guided.latents)
+    (path,) = save_result(result, tiny_engine.bundle, tmp_path / "composed.png")
+    assert [r["prompt"] for r in read_recipe(path)["request"]["regions"]] == ["a red sun", "a blue lake"]
+    image, _, _ = replay(path)
+    assert np.array_equal(np.asarray(image), np.asarray(result.images[0]))
+
+
+def test_words_and_region_prompts_do_not_combine() -> None:
+    with pytest.raises(StudioError, match="Words and region prompts do not combine"):
+        StrokeRequest(prompt="a red sun", strokes=scribble(), words={"#e53935": "sun"}, regions=top_and_bottom())
+    with pytest.raises(StudioError, match="Regions must be a list"):
+        StrokeRequest(prompt="a red sun", strokes=scribble(), regions=("a sun",))
+    with pytest.raises(StudioError, match="over the limit of 1"):
+        StrokeRequest(prompt="a red sun", strokes=scribble(), regions=top_and_bottom(), max_regions=1)
