@@ -13,7 +13,7 @@ from studio_ui.restore import canvas_state, ui_state
 PAGE = "regions"
 ss = st.session_state
 SETTINGS = ("background", "negative", "source", "variations", "steps", "guidance", "size", "multiplier",
-            "circular", "tool", "brush", "swatch", "custom", "fill")
+            "circular", "tool", "brush", "swatch", "custom", "fill", "keep_colours", "fidelity")
 SOURCES = {"paint": ":material/brush: Paint", "upload": ":material/upload: Upload a map"}
 
 shared.enter_page(PAGE)
@@ -22,7 +22,7 @@ shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidan
 shared.init_state({
     f"{PAGE}.background": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.source": "paint",
     f"{PAGE}.variations": 1, f"{PAGE}.size": "Landscape 3:2",
-    f"{PAGE}.multiplier": 1, f"{PAGE}.circular": False,
+    f"{PAGE}.multiplier": 1, f"{PAGE}.circular": False, f"{PAGE}.keep_colours": False, f"{PAGE}.fidelity": 0.5,
 })
 
 st.title("Region Painter", anchor=False)
@@ -82,6 +82,10 @@ with left:
         if ss[f"{PAGE}.multiplier"] > 1:
             st.toggle("360° (wraps around)", key=f"{PAGE}.circular", persist_state="session",
                       help="The left and right edges join, for a 360-degree viewer.")
+        st.toggle("Keep my colours", key=f"{PAGE}.keep_colours", persist_state="session",
+                  help="Also keep the painted colours in the picture (GradOP+ stroke guidance); white stays free.")
+        if ss[f"{PAGE}.keep_colours"]:
+            st.slider("Fidelity to the colours", 0.0, 1.0, step=0.05, key=f"{PAGE}.fidelity", persist_state="session")
         with st.expander("Steps and guidance"):
             st.slider("Steps", 1, 100, key=f"{PAGE}.steps", persist_state="session")
             st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session")
@@ -97,7 +101,8 @@ with right:
         settings = widgets.region_settings(
             PAGE, rows, background_key="background", width=width, height=height,
             window=shared.native_latent(engine), width_multiplier=int(ss[f"{PAGE}.multiplier"]),
-            circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1)
+            circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1,
+            keep_colours=bool(ss[f"{PAGE}.keep_colours"]), fidelity=float(ss[f"{PAGE}.fidelity"]))
         try:
             if region_map is None:
                 raise StudioError("Paint some regions or upload a region map first.")

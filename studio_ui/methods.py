@@ -101,6 +101,8 @@ class RegionSettings:
     height: int = 512
     width_multiplier: int = 1  # > 1: a panorama that many times wider
     circular: bool = False
+    keep_colours: bool = False  # also keep the map's colours by GradOP+ (white stays free)
+    fidelity: float = 0.5  # keep_colours: the stroke guidance's fidelity slider
     window: int = 64  # MultiDiffusion view size in latent pixels: the model's native latent size
 
 
@@ -152,7 +154,16 @@ def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
         raise StudioError("Paint some regions or upload a region map first.")
     if not any(spec.prompt.strip() for spec in s.regions) and not s.background_prompt.strip():
         raise StudioError("Give at least one colour a prompt in the table (or type a background prompt).")
-    return multidiffusion_request(s, region_map, "panorama" if s.width_multiplier > 1 else "regions")
+    fusion = multidiffusion_request(s, region_map, "panorama" if s.width_multiplier > 1 else "regions")
+    if not s.keep_colours:
+        return fusion
+    if s.circular:
+        raise StudioError("Keep my colours does not work with 360° panoramas yet: turn one of them off.")
+    size = (fusion.width, fusion.height)
+    return stroke_request(fusion.prompt, free_white(region_map.convert("RGB").resize(size, Image.NEAREST)),
+                          method="gradop+", fidelity=s.fidelity, negative_prompt=s.negative_prompt, width=size[0],
+                          height=size[1], steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
+                          num_images=s.num_images, regions=fusion.regions)
 
 
 def panorama_request(s: RegionSettings, region_map: Image.Image | None) -> Any:

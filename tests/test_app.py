@@ -437,3 +437,27 @@ def test_scribble_colours_can_carry_their_own_prompts(studio: Path) -> None:
     assert any("not both" in w.value for w in at.warning)
     at.button(key="scribble.generate").click().run()
     assert any("do not combine" in e.value for e in at.error)  # one clear line, nothing queued
+
+
+def test_region_painter_can_keep_the_painted_colours(studio: Path) -> None:
+    at = open_page("regions", **{"regions.size": "Square", "regions.steps": 3})
+    draw(at, "regions", DRAWING)
+    at.session_state["regions.rows"] = {"#43a047": {"prompt": "a meadow", "negative": "", "seed": None},
+                                        "#e53935": {"prompt": "a red sun", "negative": "", "seed": None}}
+    at.session_state["regions.rows_rev"] = 1
+    at.toggle(key="regions.keep_colours").set_value(True).run()
+    at.slider(key="regions.fidelity").set_value(0.8).run()
+    at.button(key="regions.generate").click().run()
+    wait_for_job(at, "regions")
+    assert not at.error, [e.value for e in at.error]
+    [item] = at.session_state["regions.results"]
+    meta = json.loads((studio / f"{item}.json").read_text())
+    request = meta["recipe"]["request"]
+    assert meta["recipe"]["kind"] == "stroke" and request["method"] == "gradop+" and request["fidelity"] == 0.8
+    assert [r["prompt"] for r in request["regions"]] == ["a meadow", "a red sun"]
+    assert meta["ui"]["settings"]["keep_colours"] is True
+
+    at.slider(key="regions.multiplier").set_value(2).run()
+    at.toggle(key="regions.circular").set_value(True).run()
+    at.button(key="regions.generate").click().run()
+    assert any("360° panoramas" in e.value for e in at.error)
