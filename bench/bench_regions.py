@@ -39,11 +39,13 @@ sys.path.insert(0, str(ROOT))
 from core.engine import Engine  # noqa: E402
 from core.panorama import MultiDiffusionRequest, decode_canvas, fusion_eps_fn, fusion_setup  # noqa: E402
 from core.prompts import PromptEncoder  # noqa: E402
+from core.shifted_windows import shifted_views  # noqa: E402
 from core.region_map import Region  # noqa: E402
 from core.requests import GenerationRequest  # noqa: E402
 from training.tiny_model import build_tiny_sd  # noqa: E402
 
 PROMPT, NEGATIVE = "a castle on a hill, dramatic clouds", "blurry, low quality"
+SHIFTED = "ours shifted windows (SpotDiffusion)"
 
 
 def tiny_model(folder: Path) -> Path:
@@ -98,22 +100,27 @@ def bench_panorama(engine: Engine, latent_h: int, window: int, steps: int, repea
                             guidance_scale=7.5, generator=torch.Generator().manual_seed(3), view_batch_size=vb,
                             output_type="latent").images
 
-    def ours(batch: int) -> Callable[[], torch.Tensor]:
+    def ours(batch: int, windows: str = "sliding") -> Callable[[], torch.Tensor]:
         request = MultiDiffusionRequest(prompt=PROMPT, negative_prompt=NEGATIVE, kind="panorama", width=width,
                                         height=height, window=window, stride=stride, steps=steps, seed=3,
-                                        scheduler="ddim", unet_batch=batch)
+                                        scheduler="ddim", unet_batch=batch, windows=windows)
         return lambda: denoise_only(engine, request)
 
     runs = {f"diffusers view_batch_size={vb}": theirs(vb) for vb in view_batches}
     runs.update({f"ours unet_batch={b}": ours(b) for b in our_batches})
+    runs[SHIFTED] = ours(max(our_batches), "shifted")
     times, outputs = best_of(runs, repeats)
     best_theirs = min((t, n) for n, t in times.items() if n.startswith("diffusers"))
-    best_ours = min((t, n) for n, t in times.items() if n.startswith("ours"))
+    best_ours = min((t, n) for n, t in times.items() if n.startswith("ours unet"))
     reference = outputs["diffusers view_batch_size=1"]
+    tiles = len(shifted_views(latent_h, latent_w, window, (3, 3), False))  # at any offset but 0
     return {
         "canvas_px": [width, height], "latent": [latent_h, latent_w], "window": window, "stride": stride,
         "views": n_views, "steps": steps, "unet_rows_per_step": 2 * n_views, "seconds": times,
-        "max_abs_latent_diff_vs_diffusers": max(float((o - reference).abs().max()) for o in outputs.values()),
+        "shifted_tiles": tiles, "shifted_unet_rows_per_step": 2 * tiles,
+        "shifted_speedup_vs_best_view_batch": best_theirs[0] / times[SHIFTED],
+        "max_abs_latent_diff_vs_diffusers": max(float((o - reference).abs().max()) for n, o in outputs.items()
+                                                if n != SHIFTED),
         "speedup_vs_view_batch_1": times["diffusers view_batch_size=1"] / best_ours[0],
         "speedup_vs_best_view_batch": best_theirs[0] / best_ours[0],
         "best_diffusers": best_theirs[1], "best_ours": best_ours[1],
@@ -270,6 +277,78 @@ def decode_probe(model: str, tiled: bool) -> dict[str, float]:
     return {"peak_rss_increase_mb": round(_vm("VmHWM") - before, 1), "cpu_seconds": round(seconds, 2)}
 
 
+# --- 4. seams, on the bundled model -----------------------------------------------------------
+
+
+def column_jumps(image: Any) -> Any:
+    """Mean |I[:, x] - I[:, x - 1]| over rows and channels, for x = 1..width-1 (pixels in [0, 1])."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    return np.abs(np.diff(pixels, axis=1)).mean(axis=(0, 2))
+
+
+def bench_seams(model: str, seeds: int, steps: int) -> dict[str, Any]:
+    """Seam score of each window mode on the bundled model: the mean column jump at window
+    borders over the mean column jump of the whole image (1 = no seam), over ``seeds`` seeds.
+
+    Borders: for fixed tiles (stride = window, the naive baseline) their edges; for shifted
+    windows the edges of the LAST step's tiling (earlier ones are denoised over); for exact
+    sliding windows the fixed tiles' edges (they are not special for it: its reference).
+    """
+    import numpy as np
+
+    from core.schedulers import make_scheduler
+    from core.shifted_windows import step_offsets
+
+    engine = Engine.load(model=model, device="cpu")
+    b = engine.bundle
+    native, factor = b.native_size, b.vae_scale_factor
+    window = native // factor
+    width, height = 4 * native, native
+    prompts = ["a watercolor painting of a mountain lake at sunset", "an oil painting of a forest by day",
+               "a pastel drawing of a city skyline at night", "a painting of rolling green hills under a blue sky"]
+    modes = {"sliding (exact, stride window/8)": {"windows": "sliding"},
+             "fixed tiles (stride = window)": {"windows": "sliding", "stride": window},
+             "shifted (SpotDiffusion, random)": {"windows": "shifted"}}
+    scores: dict[str, list[float]] = {m: [] for m in modes}
+    seconds: dict[str, float] = {m: 0.0 for m in modes}
+    fixed = [x * factor for x in range(window, width // factor, window)]
+    for seed in range(seeds):
+        for name, extra in modes.items():
+            request = MultiDiffusionRequest(prompt=prompts[seed % len(prompts)], negative_prompt=NEGATIVE,
+                                            kind="panorama", width=width, height=height, steps=steps, seed=seed,
+                                            scheduler="ddim", **extra)
+            start = time.process_time()
+            image = engine.run(request).images[0]
+            seconds[name] += time.process_time() - start
+            borders = fixed
+            if extra["windows"] == "shifted":
+                scheduler = make_scheduler("ddim", b.scheduler_config, steps=steps)
+                offsets = step_offsets(scheduler.timesteps, window, "random", seed, max(1, window // 8))
+                last = offsets[float(scheduler.timesteps[-1])]
+                tiles = shifted_views(height // factor, width // factor, window, last, False)
+                borders = [v.left * factor for v in tiles[1:]]
+            jumps = column_jumps(image)
+            scores[name].append(float(jumps[[x - 1 for x in borders]].mean() / jumps.mean()))
+    return {"model": Path(model).name, "canvas_px": [width, height], "window": window, "steps": steps,
+            "seeds": seeds, "seam_score": {m: float(np.mean(v)) for m, v in scores.items()},
+            "seam_score_max": {m: float(np.max(v)) for m, v in scores.items()},
+            "cpu_seconds_per_image": {m: seconds[m] / seeds for m in modes}}
+
+
+def seams_markdown(seams: dict[str, Any]) -> list[str]:
+    lines = [f"## Seams: {seams['canvas_px'][0]}x{seams['canvas_px'][1]} px panoramas on the bundled model "
+             f"({seams['model']}), {seams['steps']} DDIM steps, {seams['seeds']} seeds", "",
+             "Seam score: the mean colour jump between neighbouring pixel columns at window borders over that of "
+             "the whole image (1.0 = borders look like any other column; higher = visible seams).", "",
+             "| windows | seam score (mean) | worst seed | CPU seconds per image |", "|---|---|---|---|"]
+    for m, v in seams["seam_score"].items():
+        lines.append(f"| {m} | {v:.2f} | {seams['seam_score_max'][m]:.2f} | "
+                     f"{seams['cpu_seconds_per_image'][m]:.1f} |")
+    return lines + [""]
+
+
 def bench_decode(model: Path) -> dict[str, Any]:
     out = {}
     for tiled in (False, True):
@@ -294,7 +373,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {n} | {t:.3f} |" for n, t in pano["seconds"].items()]
         lines += ["", f"ours vs diffusers view_batch_size=1: **{pano['speedup_vs_view_batch_1']:.2f}x** faster; vs its "
                   f"best ({pano['best_diffusers']}): **{pano['speedup_vs_best_view_batch']:.2f}x**; max |latent "
-                  f"difference| {pano['max_abs_latent_diff_vs_diffusers']:.1e}.", ""]
+                  f"difference| {pano['max_abs_latent_diff_vs_diffusers']:.1e} (sliding windows, the exact method).",
+                  "", f"Shifted windows (`--windows shifted`): {pano['shifted_tiles']} tiles a step instead of "
+                  f"{pano['views']} views ({pano['shifted_unet_rows_per_step']} UNet rows against "
+                  f"{pano['unet_rows_per_step']}): **{pano['shifted_speedup_vs_best_view_batch']:.2f}x** faster than "
+                  f"diffusers at its best view_batch_size.", ""]
     reg = results["regions"]
     lines += [f"## 3 regions (a quarter each) + background vs text-to-image, {reg['canvas_px'][0]}x{reg['canvas_px'][1]} "
               f"px, {reg['steps']} DDIM steps ({reg['bootstrap_steps']} bootstrapping)", "",
@@ -302,6 +385,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {n} | {t:.3f} | {reg['time_vs_text_to_image'][n]:.2f}x | {reg['unet_work_vs_text_to_image'][n]:.2f}x |"
               for n, t in reg["seconds"].items()]
     dec = results["decode"]
+    if "seams" in results:
+        lines += [""] + seams_markdown(results["seams"])
     lines += ["", "## Peak memory, decoding a 4096x512 panorama (tiny VAE, 512-px tiles as SD's)", "",
               "| decode | peak RSS increase (MB) | CPU seconds |", "|---|---|---|"]
     lines += [f"| {k} | {v['peak_rss_increase_mb']} | {v['cpu_seconds']} |" for k, v in dec.items() if isinstance(v, dict)]
@@ -332,6 +417,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one repeat, fewer settings")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--seams", type=int, default=0, metavar="SEEDS",
+                        help="also measure seams of each window mode on the bundled model over SEEDS seeds")
+    parser.add_argument("--seams-only", action="store_true",
+                        help="only the seams (added to the existing regions.json and regions.md)")
+    parser.add_argument("--seam-steps", type=int, default=20)
     parser.add_argument("--decode-probe", choices=("full", "tiled"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,6 +431,15 @@ def main() -> None:
     import diffusers
     diffusers.utils.logging.set_verbosity_error()
     repeats = 1 if args.quick else args.repeats
+    out = Path(args.out)
+    demo = str(ROOT / "pretrained_models" / "studio-demo")
+    if args.seams_only:
+        results = json.loads((out / "regions.json").read_text())
+        results["seams"] = bench_seams(demo, max(1, args.seams), args.seam_steps)
+        print("\n".join(seams_markdown(results["seams"])))
+        (out / "regions.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "regions.md").write_text(markdown(results))
+        return
     torch.set_num_threads(1)  # steady CPU time (no spinning worker threads)
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "tiny-sd")
@@ -354,7 +453,8 @@ def main() -> None:
     results = {"machine": f"{os.cpu_count()} CPU cores (shared), torch {torch.__version__}",
                "repeats": repeats, "panorama": panoramas, "regions": regions, "decode": decode,
                "bench_seconds": round(time.perf_counter() - started, 1)}
-    out = Path(args.out)
+    if args.seams:
+        results["seams"] = bench_seams(demo, args.seams, args.seam_steps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "regions.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "regions.md").write_text(markdown(results))

@@ -18,7 +18,8 @@ from .cli import add_common, add_generation, load_engine, run_and_save
 from .errors import StudioError
 from .colors import free_white
 from .inputs import open_image
-from .panorama import MultiDiffusionRequest
+from .panorama import WINDOW_MODES, MultiDiffusionRequest
+from .shifted_windows import SHIFTS
 from .region_map import MAX_REGIONS, check_aspect, load_prompt_table, regions_from_map
 from .requests import random_seed
 
@@ -66,6 +67,11 @@ def _view_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, help="view size in latent pixels (default: the model's native "
                                                    "latent size, 64 = 512 px on SD 1.5)")
     parser.add_argument("--stride", type=int, help="view stride in latent pixels (default: window / 8)")
+    parser.add_argument("--windows", choices=WINDOW_MODES, default="sliding",
+                        help="sliding: MultiDiffusion's overlapping views (exact, default); shifted: SpotDiffusion's "
+                             "non-overlapping windows moved every step (several times faster on wide canvases)")
+    parser.add_argument("--shift", choices=SHIFTS, default="random",
+                        help="--windows shifted: offsets drawn from the seed (random) or stepped by the stride (cyclic)")
 
 
 def _load_map(args: argparse.Namespace) -> tuple[Image.Image | None, Any]:
@@ -82,7 +88,7 @@ def _request(args: argparse.Namespace, kind: str, prompt: str, width: int | None
     init = open_image(args.image, "Init image") if getattr(args, "image", None) else None
     return MultiDiffusionRequest(
         prompt=prompt, negative_prompt=args.negative, regions=regions, kind=kind, width=width, height=height,
-        window=args.window, stride=args.stride, steps=args.steps, guidance_scale=args.cfg, seed=seed,
+        window=args.window, stride=args.stride, windows=args.windows, shift=args.shift, steps=args.steps, guidance_scale=args.cfg, seed=seed,
         scheduler=args.scheduler, num_images=args.num_images, init_image=init, strength=args.strength,
         bootstrap=args.bootstrap, soft_masks=args.soft, feather=args.feather, fast=args.fast,
         bbox_padding=args.bbox_padding, unet_batch=args.unet_batch, tiled_decode=args.tiled_decode,

@@ -29,9 +29,11 @@ from .requests import (DEFAULT_MAX_PIXELS, check_flag, check_image, check_int, c
                        check_sampling, check_side, limit_field, show)
 from .sampling import ProgressCallback, alpha_bar, denoise, step_kwargs
 from .schedulers import make_scheduler
+from .shifted_windows import SHIFTS, ShiftedWindows, shifted_views, step_offsets
 from .vae_codec import decode_latents, require_multiple_of, tensor_to_pils
 
 KINDS = ("regions", "panorama")
+WINDOW_MODES = ("sliding", "shifted")
 CIRCULAR_DECODE_PAD = 8  # latent columns wrapped onto each side before decoding a 360-degree panorama
 
 
@@ -90,6 +92,9 @@ class MultiDiffusionRequest:
     window: int | None = None  # view size, latent pixels; None: the model's native latent size (64 on SD 1.5)
     stride: int | None = None  # view stride, latent pixels; None: window // 8 (8 on SD 1.5)
     circular: bool = False  # 360-degree panorama: views wrap around horizontally
+    windows: str = "sliding"  # "sliding": the paper's overlapping views (exact); "shifted": SpotDiffusion's
+    # non-overlapping windows moved every step (core.shifted_windows: each pixel about once per step, faster)
+    shift: str = "random"  # shifted windows' offsets: "random" (seeded, as SpotDiffusion) or "cyclic" (by stride)
     steps: int = 30
     guidance_scale: float = 7.5
     seed: int = 0  # image i uses seed + i
@@ -127,6 +132,11 @@ class MultiDiffusionRequest:
         if self.stride is not None:
             check_int("Stride", self.stride, 1, self.window or 4096)
         check_flag("Circular", self.circular)
+        if self.windows not in WINDOW_MODES:
+            raise StudioError(f"Unknown windows {show(self.windows)}: use 'sliding' (MultiDiffusion, exact) or "
+                              "'shifted' (SpotDiffusion, faster).")
+        if self.shift not in SHIFTS:
+            raise StudioError(f"Unknown shift {show(self.shift)}: use 'random' or 'cyclic'.")
         check_range("Bootstrap", self.bootstrap, 0, 1)
         check_flag("Soft masks", self.soft_masks)
         check_range("Feather", self.feather, 0, 64)
@@ -166,10 +176,12 @@ class FusionSetup:
 
     paths: list[FusionPath]
     embeddings: Tensor  # (P, seq, dim)
-    views: list[View]
+    views: list[View]  # sliding windows' views (shifted windows: the tiling at offset 0)
     masks: list[Tensor]  # latent masks of the kept regions
     regions: list[Region]
     warnings: list[str]
+    window: int = 64  # view size, latent pixels
+    stride: int = 8
 
 
 def prompt_table(encoder: PromptEncoder, texts: list[str]) -> tuple[Tensor, dict[str, int]]:
@@ -211,8 +223,11 @@ def fusion_setup(engine: Engine, request: MultiDiffusionRequest, encoder: Prompt
     paths = build_paths(request, masks, regions, index, shape)
     window = request.window or int(engine.bundle.unet.config.sample_size)
     stride = request.stride or max(1, window // 8)
-    views = panorama_views(shape[0], shape[1], window, stride, request.circular)
-    return FusionSetup(paths, embeddings, views, masks, regions, warnings)
+    if request.windows == "shifted":
+        views = shifted_views(shape[0], shape[1], window, (0, 0), request.circular)
+    else:
+        views = panorama_views(shape[0], shape[1], window, stride, request.circular)
+    return FusionSetup(paths, embeddings, views, masks, regions, warnings, window, stride)
 
 
 def region_noise(request: MultiDiffusionRequest, regions: list[Region], masks: list[Tensor],
@@ -281,12 +296,17 @@ def decode_canvas(vae: Any, latents: Tensor, factor: int, circular: bool = False
 
 
 def fusion_eps_fn(engine: Engine, request: MultiDiffusionRequest, scheduler: Any, setup: FusionSetup,
-                  bootstrap: Bootstrap | None) -> RegionFusion:
-    """The request's eps_fn: MultiDiffusion over the engine's UNet (composable with step hooks)."""
+                  bootstrap: Bootstrap | None) -> RegionFusion | ShiftedWindows:
+    """The request's eps_fn: MultiDiffusion over the engine's UNet, on sliding or shifted
+    windows (composable with step hooks)."""
     align = 2 ** (len(engine.bundle.unet.config.block_out_channels) - 1)
-    return RegionFusion(engine.model_fn(scheduler), setup.embeddings, setup.paths, setup.views,
-                        bootstrap=bootstrap, batch_rows=request.unet_batch,
-                        crop_padding=request.bbox_padding if request.fast else None, align=align)
+    options = {"bootstrap": bootstrap, "batch_rows": request.unet_batch, "align": align,
+               "crop_padding": request.bbox_padding if request.fast else None}
+    if request.windows == "shifted":
+        offsets = step_offsets(scheduler.timesteps, setup.window, request.shift, request.seed, setup.stride)
+        return ShiftedWindows(engine.model_fn(scheduler), setup.embeddings, setup.paths, setup.window, offsets,
+                              circular=request.circular, **options)
+    return RegionFusion(engine.model_fn(scheduler), setup.embeddings, setup.paths, setup.views, **options)
 
 
 @torch.no_grad()

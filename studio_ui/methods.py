@@ -104,6 +104,7 @@ class RegionSettings:
     keep_colours: bool = False  # also keep the map's colours by GradOP+ (white stays free)
     fidelity: float = 0.5  # keep_colours: the stroke guidance's fidelity slider
     window: int = 64  # MultiDiffusion view size in latent pixels: the model's native latent size
+    shifted: bool = False  # panoramas: SpotDiffusion's shifted non-overlapping windows (faster) instead of sliding
 
 
 def region_masks(region_map: Image.Image, specs: list[RegionSpec], size: tuple[int, int]) -> list[tuple[RegionSpec, Image.Image]]:
@@ -145,7 +146,8 @@ def multidiffusion_request(s: RegionSettings, region_map: Image.Image | None, ki
     return MultiDiffusionRequest(
         prompt=prompt, negative_prompt=s.negative_prompt, regions=tuple(regions), kind=kind, width=width,
         height=height, circular=s.circular, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
-        num_images=s.num_images, window=s.window, stride=max(1, s.window // 8))
+        num_images=s.num_images, window=s.window, stride=max(1, s.window // 8),
+        windows="shifted" if s.shifted else "sliding")
 
 
 def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
