@@ -29,7 +29,7 @@ import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -104,6 +104,17 @@ def word_regions(tokenizer: Any, prompt: str, strokes: Image.Image, words: Seque
     return regions
 
 
+def layer_grid(latent_size: tuple[int, int], queries: int) -> tuple[int, int]:
+    """The (h, w) of the UNet layer of a ``latent_size`` input with ``queries`` pixels (each
+    level halves, rounding up)."""
+    h, w = latent_size
+    for level in range(8):
+        gh, gw = math.ceil(h / 2**level), math.ceil(w / 2**level)
+        if gh * gw == queries:
+            return gh, gw
+    raise RuntimeError(f"no UNet level of a {h}x{w} latent has {queries} pixels")
+
+
 @dataclass
 class SemanticControl:
     """Shared state of the installed processors: regions, weight, current sigma, records."""
@@ -123,13 +134,7 @@ class SemanticControl:
         return self.weight * math.log1p(self.sigma)
 
     def grid(self, queries: int) -> tuple[int, int]:
-        """The (h, w) of a UNet layer with ``queries`` pixels (each level halves, rounding up)."""
-        h, w = self.latent_size
-        for level in range(8):
-            gh, gw = math.ceil(h / 2**level), math.ceil(w / 2**level)
-            if gh * gw == queries:
-                return gh, gw
-        raise RuntimeError(f"no UNet level of a {h}x{w} latent has {queries} pixels")
+        return layer_grid(self.latent_size, queries)
 
     def masks(self, queries: int) -> Tensor:
         """(R, queries) region masks at the layer's resolution (area-weighted)."""
@@ -155,6 +160,45 @@ class SemanticControl:
         return (encoder_hidden_states == cond).flatten(1).all(dim=1)
 
 
+def attention_with_bias(attn: Any, hidden_states: Tensor, context: Tensor, attention_mask: Tensor | None,
+                        temb: Tensor | None, bias_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """diffusers' AttnProcessor2_0 with ``bias_fn(query, key)`` (float, broadcastable to
+    (B, heads, queries, keys)) added to the scaled logits."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        batch, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    batch, keys = context.shape[0], context.shape[1]
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    key, value = attn.to_k(context), attn.to_v(context)
+    head_dim = key.shape[-1] // attn.heads
+    query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    bias = bias_fn(query, key)  # (B, heads, queries, keys)
+    if attention_mask is not None:
+        mask = attn.prepare_attention_mask(attention_mask, keys, batch)
+        bias = bias + mask.view(batch, attn.heads, -1, mask.shape[-1])
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype), dropout_p=0.0,
+                                         is_causal=False, scale=attn.scale)
+    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if input_ndim == 4:
+        out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 class PaintWithWordsProcessor:
     """Cross-attention with eDiff-I's region bias W; otherwise the previous processor."""
 
@@ -169,44 +213,8 @@ class PaintWithWordsProcessor:
             extra = {} if temb is None else {"temb": temb}
             return self.previous(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=attention_mask, **extra)
-        return self._biased(attn, hidden_states, encoder_hidden_states, attention_mask, temb, rows)
-
-    def _biased(self, attn: Any, hidden_states: Tensor, context: Tensor, attention_mask: Tensor | None,
-                temb: Tensor | None, rows: Tensor) -> Tensor:
-        """diffusers' AttnProcessor2_0 with the region bias added to the logits."""
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch, keys = context.shape[0], context.shape[1]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        key, value = attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        bias = self._bias(attn, query, key, rows)  # (B, heads, queries, keys)
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, keys, batch)
-            bias = bias + mask.view(batch, attn.heads, -1, mask.shape[-1])
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype), dropout_p=0.0,
-                                             is_causal=False, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_with_bias(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                   lambda query, key: self._bias(attn, query, key, rows))
 
     def _bias(self, attn: Any, query: Tensor, key: Tensor, rows: Tensor) -> Tensor:
         """The bias W for the conditional rows (zero elsewhere), float32: (B, heads, queries, keys)."""

@@ -57,6 +57,9 @@ def _region_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="evaluate each region on its padded bounding box only (faster, approximate)")
     parser.add_argument("--bbox-padding", type=int, default=8, help="--fast: latent pixels of context (default 8)")
+    parser.add_argument("--attention", action="store_true",
+                        help="one pass: every region prompt in the same UNet call through regional cross-attention "
+                             "(about text-to-image's cost; no bootstrapping)")
     parser.add_argument("--max-regions", type=int, default=MAX_REGIONS, help=f"limit (default {MAX_REGIONS})")
     parser.add_argument("--unet-batch", type=int, default=16, help="rows per UNet call (default 16)")
     parser.add_argument("--tiled-decode", action=argparse.BooleanOptionalAction, default=None,
@@ -88,11 +91,12 @@ def _request(args: argparse.Namespace, kind: str, prompt: str, width: int | None
     init = open_image(args.image, "Init image") if getattr(args, "image", None) else None
     return MultiDiffusionRequest(
         prompt=prompt, negative_prompt=args.negative, regions=regions, kind=kind, width=width, height=height,
-        window=args.window, stride=args.stride, windows=args.windows, shift=args.shift, steps=args.steps, guidance_scale=args.cfg, seed=seed,
+        window=args.window, stride=args.stride, windows=args.windows, shift=args.shift, steps=args.steps,
+        guidance_scale=args.cfg, seed=seed,
         scheduler=args.scheduler, num_images=args.num_images, init_image=init, strength=args.strength,
         bootstrap=args.bootstrap, soft_masks=args.soft, feather=args.feather, fast=args.fast,
-        bbox_padding=args.bbox_padding, unet_batch=args.unet_batch, tiled_decode=args.tiled_decode,
-        max_regions=args.max_regions, **extra)
+        attention=args.attention, bbox_padding=args.bbox_padding, unet_batch=args.unet_batch,
+        tiled_decode=args.tiled_decode, max_regions=args.max_regions, **extra)
 
 
 def _run(args: argparse.Namespace, request: MultiDiffusionRequest, notes: list[str]) -> dict[str, Any]:
@@ -130,7 +134,8 @@ def _keep_colours_request(args: argparse.Namespace, image: Image.Image, prompt: 
                           width=width, height=height, steps=args.steps, guidance_scale=args.cfg, seed=seed,
                           scheduler="ddim" if args.scheduler in (None, "default") else args.scheduler,
                           num_images=args.num_images, regions=tuple(regions),
-                          region_bootstrap=args.bootstrap, max_regions=args.max_regions)
+                          region_bootstrap=args.bootstrap, region_attention=args.attention,
+                          max_regions=args.max_regions)
 
 
 def cmd_panorama(args: argparse.Namespace) -> dict[str, Any]:

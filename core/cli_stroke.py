@@ -49,6 +49,7 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
         strength=args.strength, iterative_steps=args.iterative_steps, grad_steps=args.grad_steps, lr=args.lr,
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
         refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
+        region_attention=args.region_attention,
     )
     result = run_and_save(args, load_engine(args), request)
     result["warnings"] = notes + list(result.get("warnings", []))
@@ -76,5 +77,7 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     p.add_argument("--word-weight", type=float, help="strength w of the words' attention bias (default 0.4)")
     p.add_argument("--prompts", help="PROMPTS.json mapping '#rrggbb' colours of the scribble to their own prompts "
                                      "(region prompts by MultiDiffusion; --prompt is the background's)")
+    p.add_argument("--region-attention", action="store_true",
+                   help="--prompts: every region prompt in one UNet pass (regional attention) instead of fusion")
     add_common(p)
     commands["stroke"] = cmd_stroke

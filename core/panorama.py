@@ -2,7 +2,8 @@
 
 One mechanism serves both: views over the canvas (a panorama's sliding windows, or the one
 view of a small canvas) x prompt paths (the background, plus one per painted region), fused
-per pixel by :class:`core.region_fusion.RegionFusion` inside the engine's one loop.
+per pixel by :class:`core.region_fusion.RegionFusion` inside the engine's one loop; or, with
+``attention``, all prompts in one UNet pass per view (:mod:`core.regional_attention`).
 
 Compared with diffusers' ``StableDiffusionPanoramaPipeline``: views cover every latent pixel
 for any size that is a multiple of 8 (a last view is aligned to the right/bottom edge), a
@@ -25,6 +26,7 @@ from .prompts import PromptEncoder
 from .recipe import register_nested_class, register_request_kind
 from .region_fusion import Bootstrap, FusionPath, RegionFusion, View
 from .region_map import MAX_REGIONS, Region, background_weight, check_aspect, latent_masks
+from .regional_attention import RegionalAttention
 from .requests import (DEFAULT_MAX_PIXELS, check_flag, check_image, check_int, check_pixels, check_range,
                        check_sampling, check_side, limit_field, show)
 from .sampling import ProgressCallback, alpha_bar, denoise, step_kwargs
@@ -107,6 +109,8 @@ class MultiDiffusionRequest:
     feather: float = 0.0  # soft masks: Gaussian feather sigma, latent pixels
     fast: bool = False  # evaluate each path on its padded bounding box only (approximate)
     bbox_padding: int = 8  # fast: latent pixels of context around a path's bounding box
+    attention: bool = False  # one pass: every prompt in one UNet call per view through regional
+    # cross-attention (core.regional_attention; about text-to-image's cost, no bootstrapping)
     unet_batch: int = 16  # rows (crop x prompt x image) per UNet call
     tiled_decode: bool | None = None  # None: tiled when the image is large
     max_regions: int = limit_field(MAX_REGIONS)
@@ -142,6 +146,9 @@ class MultiDiffusionRequest:
         check_range("Feather", self.feather, 0, 64)
         check_flag("Fast", self.fast)
         check_int("Bounding-box padding", self.bbox_padding, 0, 4096)
+        check_flag("Attention", self.attention)
+        if self.fast and self.attention:
+            raise StudioError("Choose one region mode: fast (bounding-box crops) or attention (one pass), not both.")
         check_int("UNet batch", self.unet_batch, 1, 1024)
         check_flag("Tiled decode", self.tiled_decode, optional=True)
 
@@ -296,9 +303,17 @@ def decode_canvas(vae: Any, latents: Tensor, factor: int, circular: bool = False
 
 
 def fusion_eps_fn(engine: Engine, request: MultiDiffusionRequest, scheduler: Any, setup: FusionSetup,
-                  bootstrap: Bootstrap | None) -> RegionFusion | ShiftedWindows:
+                  bootstrap: Bootstrap | None) -> RegionFusion | ShiftedWindows | RegionalAttention:
     """The request's eps_fn: MultiDiffusion over the engine's UNet, on sliding or shifted
-    windows (composable with step hooks)."""
+    windows, or every prompt in one pass (``attention``); composable with step hooks."""
+    if request.attention:
+        views: Any = setup.views
+        if request.windows == "shifted":
+            offsets = step_offsets(scheduler.timesteps, setup.window, request.shift, request.seed, setup.stride)
+            views = ShiftedWindows(engine.model_fn(scheduler), setup.embeddings, setup.paths, setup.window, offsets,
+                                   circular=request.circular).views
+        return RegionalAttention(engine.model_fn(scheduler), engine.bundle.unet, setup.embeddings, setup.paths,
+                                 views, batch_rows=request.unet_batch)
     align = 2 ** (len(engine.bundle.unet.config.block_out_channels) - 1)
     options = {"bootstrap": bootstrap, "batch_rows": request.unet_batch, "align": align,
                "crop_padding": request.bbox_padding if request.fast else None}

@@ -134,6 +134,7 @@ class StrokeRequest:
     regions: tuple[Region, ...] = ()  # region prompts (MultiDiffusion): each mask gets its own prompt; the
     # request's prompt is the background's. Composes with every method; not with words.
     region_bootstrap: float = 0.4  # MultiDiffusion bootstrapping: share of the schedule's first steps
+    region_attention: bool = False  # region prompts in one UNet pass (core.regional_attention), not fused
     max_regions: int = limit_field(MAX_REGIONS)
     max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)
 
@@ -201,6 +202,7 @@ class StrokeRequest:
             raise StudioError("Regions must be a list of core.region_map.Region objects (mask + prompt).")
         object.__setattr__(self, "regions", tuple(self.regions))
         check_range("Region bootstrap", self.region_bootstrap, 0, 1)
+        check_flag("Region attention", self.region_attention)
         if self.regions and self.words:
             raise StudioError("Words and region prompts do not combine: give each colour either words of the "
                               "prompt or its own prompt, not both kinds in one request.")
@@ -214,7 +216,7 @@ class StrokeRequest:
             prompt=self.prompt, negative_prompt=self.negative_prompt, regions=self.regions, width=width,
             height=height, steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
             scheduler=self.scheduler, num_images=self.num_images, bootstrap=self.region_bootstrap,
-            max_regions=self.max_regions, max_pixels=self.max_pixels, **extra)
+            attention=self.region_attention, max_regions=self.max_regions, max_pixels=self.max_pixels, **extra)
 
     @property
     def kind(self) -> str:

@@ -13,8 +13,10 @@ from studio_ui.restore import canvas_state, ui_state
 PAGE = "regions"
 ss = st.session_state
 SETTINGS = ("background", "negative", "source", "variations", "steps", "guidance", "size", "multiplier",
-            "circular", "tool", "brush", "swatch", "custom", "fill", "keep_colours", "fidelity")
+            "circular", "tool", "brush", "swatch", "custom", "fill", "keep_colours", "fidelity", "mode",
+            "shifted")
 SOURCES = {"paint": ":material/brush: Paint", "upload": ":material/upload: Upload a map"}
+MODES = {"fusion": "Exact (MultiDiffusion)", "attention": "One pass (regional attention)"}
 
 shared.enter_page(PAGE)
 shared.collect(PAGE)
@@ -23,6 +25,7 @@ shared.init_state({
     f"{PAGE}.background": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.source": "paint",
     f"{PAGE}.variations": 1, f"{PAGE}.size": "Landscape 3:2",
     f"{PAGE}.multiplier": 1, f"{PAGE}.circular": False, f"{PAGE}.keep_colours": False, f"{PAGE}.fidelity": 0.5,
+    f"{PAGE}.mode": "fusion", f"{PAGE}.shifted": False,
 })
 
 st.title("Region Painter", anchor=False)
@@ -89,6 +92,18 @@ with left:
         with st.expander("Steps and guidance"):
             st.slider("Steps", 1, 100, key=f"{PAGE}.steps", persist_state="session")
             st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session")
+            st.segmented_control(
+                "How regions are made", list(MODES), format_func=MODES.get, key=f"{PAGE}.mode", required=True,
+                persist_state="session",
+                help="Exact: each prompt gets its own pass of the model and the results are blended "
+                     "(MultiDiffusion; time grows with the number of regions). One pass: every prompt goes "
+                     "through the same pass and each region's pixels attend only to their own prompt (about "
+                     "the time of a plain picture, whatever the number of regions). The README compares how "
+                     "well each keeps the region colours.")
+            if ss[f"{PAGE}.multiplier"] > 1:
+                st.toggle("Fast windows (SpotDiffusion)", key=f"{PAGE}.shifted", persist_state="session",
+                          help="Panoramas: non-overlapping windows that move at every step instead of "
+                               "overlapping ones; several times faster on wide canvases.")
 
 with right:
     st.subheader("Regions", anchor=False)
@@ -102,7 +117,9 @@ with right:
             PAGE, rows, background_key="background", width=width, height=height,
             window=shared.native_latent(engine), width_multiplier=int(ss[f"{PAGE}.multiplier"]),
             circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1,
-            keep_colours=bool(ss[f"{PAGE}.keep_colours"]), fidelity=float(ss[f"{PAGE}.fidelity"]))
+            keep_colours=bool(ss[f"{PAGE}.keep_colours"]), fidelity=float(ss[f"{PAGE}.fidelity"]),
+            attention=ss[f"{PAGE}.mode"] == "attention",
+            shifted=bool(ss[f"{PAGE}.shifted"]) and ss[f"{PAGE}.multiplier"] > 1)
         try:
             if region_map is None:
                 raise StudioError("Paint some regions or upload a region map first.")

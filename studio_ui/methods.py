@@ -105,6 +105,7 @@ class RegionSettings:
     fidelity: float = 0.5  # keep_colours: the stroke guidance's fidelity slider
     window: int = 64  # MultiDiffusion view size in latent pixels: the model's native latent size
     shifted: bool = False  # panoramas: SpotDiffusion's shifted non-overlapping windows (faster) instead of sliding
+    attention: bool = False  # regions in one UNet pass (regional cross-attention) instead of MultiDiffusion's fusion
 
 
 def region_masks(region_map: Image.Image, specs: list[RegionSpec], size: tuple[int, int]) -> list[tuple[RegionSpec, Image.Image]]:
@@ -147,7 +148,7 @@ def multidiffusion_request(s: RegionSettings, region_map: Image.Image | None, ki
         prompt=prompt, negative_prompt=s.negative_prompt, regions=tuple(regions), kind=kind, width=width,
         height=height, circular=s.circular, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
         num_images=s.num_images, window=s.window, stride=max(1, s.window // 8),
-        windows="shifted" if s.shifted else "sliding")
+        windows="shifted" if s.shifted else "sliding", attention=s.attention)
 
 
 def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
@@ -165,7 +166,7 @@ def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
     return stroke_request(fusion.prompt, free_white(region_map.convert("RGB").resize(size, Image.NEAREST)),
                           method="gradop+", fidelity=s.fidelity, negative_prompt=s.negative_prompt, width=size[0],
                           height=size[1], steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
-                          num_images=s.num_images, regions=fusion.regions)
+                          num_images=s.num_images, regions=fusion.regions, region_attention=s.attention)
 
 
 def panorama_request(s: RegionSettings, region_map: Image.Image | None) -> Any:

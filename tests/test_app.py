@@ -205,13 +205,18 @@ def test_region_painter_finds_colours_and_warns_about_unnamed_ones(studio: Path)
     assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a meadow", "a red sun"]
     assert meta["ui"]["rows"]["#e53935"]["seed"] == 3
 
-    at.slider(key="regions.multiplier").set_value(2).run()  # the same map as a panorama
+    at.slider(key="regions.multiplier").set_value(2).run()  # the same map as a panorama, in one pass
     assert any("128×64" in c.value for c in at.caption)
+    at.segmented_control(key="regions.mode").set_value("attention").run()
+    at.toggle(key="regions.shifted").set_value(True).run()
     at.button(key="regions.generate").click().run()
     wait_for_job(at, "regions")
+    assert not at.error, [e.value for e in at.error]
     [item] = at.session_state["regions.results"]
     meta = json.loads((studio / f"{item}.json").read_text())
     assert meta["kind"] == "panorama" and meta["size"] == [128, 64]
+    assert meta["recipe"]["request"]["attention"] is True and meta["recipe"]["request"]["windows"] == "shifted"
+    assert meta["ui"]["settings"]["mode"] == "attention" and meta["ui"]["settings"]["shifted"] is True
 
 
 def test_panorama_presets_and_generation(studio: Path) -> None:

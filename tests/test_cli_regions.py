@@ -203,3 +203,20 @@ def test_a_region_map_can_keep_its_colours(tiny_model_dir, tmp_path, capsys) -> 
     assert recipe["kind"] == "stroke" and recipe["request"]["method"] == "gradop+"
     assert [r["prompt"] for r in recipe["request"]["regions"]] == ["a red sun", "a lake"]
     assert recipe["request"]["fidelity"] == 0.8 and recipe["request"]["prompt"] == "a red sun, a lake"
+
+
+def test_one_pass_regions_and_kept_colours_with_them_replay(tiny_model_dir, tmp_path, capsys) -> None:
+    common = ["--model", tiny_model_dir, "--regions", region_map(tmp_path / "m.png"), "--prompts",
+              prompts(tmp_path / "p.json", TABLE), "--steps", "3", "--seed", "2", "--attention"]
+    out = tmp_path / "one-pass.png"
+    code, _, err = cli(capsys, "regions", *common, "--background-prompt", "a blue sky", "--out", out)
+    assert code == 0, err
+    assert read_recipe(out)["request"]["attention"] is True
+    assert cli(capsys, "replay", out, "--out", tmp_path / "again.png")[0] == 0
+    assert same_pixels(out, tmp_path / "again.png")
+    kept = tmp_path / "kept.png"
+    code, _, err = cli(capsys, "regions", *common, "--keep-colours", "--out", kept)
+    assert code == 0, err
+    assert read_recipe(kept)["request"]["region_attention"] is True
+    code, _, err = cli(capsys, "regions", *common, "--fast", "--out", tmp_path / "x.png")
+    assert code != 0 and "Choose one region mode" in err and "Traceback" not in err

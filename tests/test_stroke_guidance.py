@@ -334,6 +334,20 @@ def test_region_prompts_with_no_stroke_guidance_equal_multidiffusion_alone(tiny_
     assert not torch.equal(composed.latents, plain.latents)  # the regions did something
 
 
+def test_region_prompts_in_one_pass_with_no_stroke_guidance_equal_one_pass_alone(tiny_engine: Engine) -> None:
+    from core.panorama import MultiDiffusionRequest
+
+    regions = top_and_bottom()
+    alone = tiny_engine.run(MultiDiffusionRequest(prompt="a painting", regions=regions, width=64, height=64, steps=4,
+                                                  seed=3, scheduler="ddim", attention=True))
+    composed = tiny_engine.run(StrokeRequest(prompt="a painting", strokes=scribble(), steps=4, seed=3,
+                                             iterative_steps=0, regions=regions, region_attention=True))
+    assert torch.equal(composed.latents, alone.latents)
+    guided = tiny_engine.run(StrokeRequest(prompt="a painting", strokes=scribble(), steps=4, seed=3, grad_steps=2,
+                                           regions=regions, region_attention=True))
+    assert guided.losses and not torch.equal(guided.latents, alone.latents)
+
+
 def test_sdedit_with_region_prompts_equals_multidiffusion_img2img(tiny_engine: Engine) -> None:
     from core.panorama import MultiDiffusionRequest
 
