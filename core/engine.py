@@ -18,6 +18,7 @@ from .requests import GenerationRequest
 from .sampling import (EpsFn, ModelFn, ProgressCallback, alpha_bar, classifier_free_guidance, denoise,
                        step_kwargs)
 from .schedulers import check_steps, make_scheduler
+from .tiny_decoder import tiny_decoder, tiny_preview
 from .vae_codec import decode_latents, encode_image, fit_image, require_multiple_of, tensor_to_pils
 
 
@@ -132,7 +133,9 @@ class Engine:
         return latents, timesteps
 
     def preview(self, x0: Tensor) -> Image.Image:
-        return preview_image(self.bundle.vae, x0)
+        """A progress preview of x0: the model's tiny decoder if it has one, else the linear map."""
+        tiny, _ = tiny_decoder(self.bundle)
+        return tiny_preview(tiny, x0) if tiny is not None else preview_image(self.bundle.vae, x0)
 
     def decode(self, latents: Tensor, tiled: bool | None = None) -> list[Image.Image]:
         return tensor_to_pils(decode_latents(self.bundle.vae, latents, tiled))

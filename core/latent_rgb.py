@@ -19,7 +19,7 @@ _FITS: "weakref.WeakKeyDictionary[Any, tuple[Tensor, Tensor]]" = weakref.WeakKey
 _LOCK = threading.Lock()
 
 
-def _fit_images(count: int, size: int, seed: int) -> Tensor:
+def colour_fields(count: int, size: int, seed: int) -> Tensor:
     """Smooth random colour fields and flat patches in [-1, 1]: (count, 3, size, size)."""
     rng = np.random.default_rng(seed)
     images = []
@@ -48,7 +48,7 @@ def fit_latent_to_rgb(vae: Any, count: int = 12, size: int = 64, seed: int = 0,
     whose scaled latents are not unit-variance).
     """
     param = next(vae.parameters())
-    images = _fit_images(count, size, seed).to(param.device, param.dtype)
+    images = colour_fields(count, size, seed).to(param.device, param.dtype)
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     z = (vae.encode(images).latent_dist.mean.float() - shift) * scale

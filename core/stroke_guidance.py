@@ -38,11 +38,12 @@ CFG of stage 1, and its noise continues each image's generator. Any scheduler wo
 **SDEdit** (Meng et al. 2022): img2img from the scribble at ``strength`` (transparent
 pixels composited on white, the canvas colour); the baseline the paper beats.
 
-**Fast mode** (``fast=True``): the loss is computed at latent resolution through the
-linear latent -> RGB map fitted by least squares to the loaded model's VAE
-(:func:`core.latent_rgb.latent_rgb_map`, once per model), with the target area-pooled
-and the blur scaled to latent pixels; no decoder pass during guidance. ``refine_steps``
-optional Adam steps through the true decoder at the end of the last guided step.
+**Fast mode** (``fast=True``): the loss goes through the model's tiny decoder
+(:mod:`core.tiny_decoder`: TAESD, or one distilled from the model's VAE) instead of the
+full one; a model without one uses the linear latent -> RGB map fitted by least squares to
+its VAE (:func:`core.latent_rgb.latent_rgb_map`, once per model), at latent resolution with
+the target area-pooled and the blur scaled to latent pixels. ``refine_steps``: optional
+Adam steps through the true decoder at the end of the last guided step.
 
 **Fidelity** (one slider, 0 = ignore the scribble, 1 = follow it closely; 0.5 = the
 reference defaults): see :func:`fidelity_parameters`.
@@ -80,6 +81,7 @@ from .requests import (DEFAULT_MAX_PIXELS, GenerationRequest, check_flag, check_
 from .sampling import (EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, classifier_free_guidance,
                        denoise, step_kwargs)
 from .schedulers import canonical_scheduler_name, make_scheduler
+from .tiny_decoder import tiny_decoder, tiny_renderer
 from .vae_codec import require_multiple_of
 
 METHODS = ("gradop+", "gradop", "sdedit")
@@ -659,8 +661,12 @@ def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, i
     decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request)
     if not request.fast:
         return decoder_loss, None, target
-    weight, bias = latent_rgb_map(bundle.vae)
-    fast_loss = painting_loss(linear_renderer(weight, bias), target, request, bundle.vae_scale_factor)
+    tiny, _ = tiny_decoder(bundle)
+    if tiny is not None:  # the model's tiny decoder: full resolution, ~1M parameters
+        fast_loss = painting_loss(tiny_renderer(tiny), target, request)
+    else:  # the fallback: the fitted linear map at latent resolution
+        weight, bias = latent_rgb_map(bundle.vae)
+        fast_loss = painting_loss(linear_renderer(weight, bias), target, request, bundle.vae_scale_factor)
     return fast_loss, (decoder_loss, request.refine_steps) if request.refine_steps else None, target
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
-STAGES = ("vae", "unet")
+STAGES = ("vae", "unet", "tiny")  # tiny: training.tiny_decoder
 
 
 class EMA:
