@@ -23,6 +23,11 @@ nor the attribute classifier, seed 101) measure each method's published claim:
   global mean and max, 256 numbers), and the classifier's style accuracy. Sweeps: SDEdit
   strength 0.5..0.9, GradOP+ fidelity 0..1, GradOP+ fast, GradOP. The paper's claim: at equal
   faithfulness GradOP+ is more realistic (a lower distance) than SDEdit.
+* **Panoramas (window modes).** Held-out captions as panorama prompts, 4 native windows wide,
+  made with exact sliding windows (MultiDiffusion) and shifted windows (SpotDiffusion):
+  realism as above, of the panoramas' native-size crops against the same real paintings (beside
+  plain text-to-image of the same captions), and ``bench_regions``' seam score at the window
+  borders (1.0 = no seam).
 * **Text.** Style, time of day and objects found by the classifier in images generated from
   held-out captions (``training.eval``'s rows).
 
@@ -60,6 +65,7 @@ SDEDIT_STRENGTHS = (0.5, 0.6, 0.7, 0.8, 0.9)
 GRADOP_PLUS_FIDELITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
 FAST_FIDELITIES = (0.5, 1.0)
 Say = Callable[[str], None]
+PARTS = ("regions", "vae", "stroke", "panorama", "text")
 
 
 # ------------------------------------------------------------------------------- colours
@@ -237,6 +243,45 @@ VAE_ROWS = ("flat scribble", "flat scribble after VAE round trip", "painting", "
 
 
 # -------------------------------------------------------------------------------- stroke
+
+PANORAMA_MODES = ("sliding (exact, stride window/8)", "shifted (SpotDiffusion, random)")
+
+
+def run_panorama(engine: Engine, count: int, steps: int, seed: int, net: E.AttributeNet, real: np.ndarray,
+                 say: Say) -> dict[str, Any]:
+    """Realism and seams of each window mode on ``count`` held-out captions (see the module docstring)."""
+    from bench.bench_regions import seam_request, seam_score
+
+    native = engine.bundle.native_size
+    crops: dict[str, list[np.ndarray]] = {m: [] for m in PANORAMA_MODES + ("text-to-image",)}
+    seams: dict[str, list[float]] = {m: [] for m in PANORAMA_MODES}
+    seconds: dict[str, float] = {m: 0.0 for m in crops}
+    for i in range(count):
+        _, _, caption = item_scene(HELDOUT_SEED, 3000 + i)
+        for mode in PANORAMA_MODES:
+            request = seam_request(engine, mode, caption, seed + i, steps)
+            start = time.perf_counter()
+            image = engine.run(request).images[0]
+            seconds[mode] += time.perf_counter() - start
+            seams[mode].append(seam_score(engine, request, image))
+            pixels = np.asarray(image.convert("RGB"))
+            crops[mode] += [pixels[:, x:x + native] for x in range(0, pixels.shape[1], native)]
+        start = time.perf_counter()
+        t2i = engine.generate(GenerationRequest(prompt=caption, negative_prompt="", width=native, height=native,
+                                                steps=steps, seed=seed + i, scheduler="ddim"))
+        seconds["text-to-image"] += time.perf_counter() - start
+        crops["text-to-image"].append(np.asarray(t2i.images[0].convert("RGB")))
+        say(f"panorama: caption {i + 1}/{count}")
+    real_features = classifier_features(net, real)
+    rows = {}
+    for mode, images in crops.items():
+        rows[mode] = {"frechet": frechet_distance(classifier_features(net, np.stack(images)), real_features),
+                      "images": len(images), "seconds_per_image": seconds[mode] / count}
+        if mode in seams:
+            rows[mode]["seam_score"] = float(np.mean(seams[mode]))
+            rows[mode]["seam_score_max"] = float(np.max(seams[mode]))
+    return {"captions": count, "canvas_px": [4 * native, native], "rows": rows}
+
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets (N, D)
@@ -447,6 +492,20 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"GradOP+ curve below SDEdit's: **{'met' if c['below_sdedit'] else 'not met'}**; fidelity 1.0 "
                   f"at least as faithful as SDEdit 0.6: **{'met' if c['fidelity1_as_faithful_as_sdedit06'] else 'not met'}**.",
                   ""]
+    if "panorama" in report:
+        pano = report["panorama"]
+        lines += ["## Panoramas: sliding against shifted windows", "",
+                  f"{pano['captions']} held-out captions, {pano['canvas_px'][0]}x{pano['canvas_px'][1]} px panoramas "
+                  "(4 windows wide) cut into native-size crops. Realism: Frechet distance of those crops to "
+                  f"{report['real_count']} real held-out paintings in the attribute classifier's features (lower "
+                  "is more realistic; text-to-image of the same captions for comparison). Seam score: the mean "
+                  "colour jump between pixel columns at window borders over that of the whole image (1.0 = no "
+                  "seam).", "", "| windows | Frechet distance | seam score (mean) | worst | s / image |",
+                  "|---|---|---|---|---|"]
+        for mode, row in pano["rows"].items():
+            seam = f"{row['seam_score']:.2f} | {row['seam_score_max']:.2f}" if "seam_score" in row else " | "
+            lines.append(f"| {mode} | {row['frechet']:.2f} | {seam} | {row['seconds_per_image']:.1f} |")
+        lines.append("")
     if "text" in report:
         lines += ["## Text (training.eval's rows)", "", "| images | style | time of day | objects |", "|---|---|---|---|"]
         for row in report["text"]["rows"]:
@@ -469,10 +528,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="model folder or name (default: the bundled demo model)")
     parser.add_argument("--scenes", type=int, default=50, help="region scenes")
     parser.add_argument("--stroke-scenes", type=int, default=50, help="stroke scenes")
+    parser.add_argument("--panoramas", type=int, default=12, help="panorama captions per window mode")
     parser.add_argument("--text-count", type=int, default=100, help="held-out captions for the text rows")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parts", default="regions,vae,stroke,text",
+    parser.add_argument("--parts", default=",".join(PARTS),
                         help="what to measure; parts not run keep their figures from an earlier run of the same model")
     parser.add_argument("--classifier-count", type=int, default=2000, help="classifier training images")
     parser.add_argument("--real-count", type=int, default=200, help="real held-out paintings for the distance")
@@ -480,8 +540,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not parts <= {"regions", "vae", "stroke", "text"}:
-        parser.error("--parts takes regions, vae, stroke and text")
+    if not parts <= set(PARTS):
+        parser.error("--parts takes " + ", ".join(PARTS))
     torch.set_num_threads(args.threads)
     say: Say = E._stderr
     t0 = time.perf_counter()
@@ -493,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report["regions"] = run_regions(engine, args.scenes, args.steps, args.seed, say)
     if "vae" in parts:
         report["vae"] = run_vae(engine, args.scenes, say)
-    if parts & {"stroke", "text"}:
+    if parts & {"stroke", "panorama", "text"}:
         config = E.EvalConfig(model=args.model, count=args.text_count, train_count=args.classifier_count,
                               vae_train_count=min(400, args.classifier_count // 5), steps=args.steps, seed=args.seed)
         train_x, train_y, _ = E.render_set(config.train_data_seed, config.train_count, SIZE, config.input_size)
@@ -501,8 +561,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_x = np.concatenate([train_x, E.resize(E.vae_round_trip(engine, full), config.input_size)])
         train_y = {k: np.concatenate([v, v[:config.vae_train_count]]) for k, v in train_y.items()}
         net = E.train_classifier(train_x, train_y, config.epochs, config.seed, config.input_size, progress=say)
+        real, _, _ = E.render_set(HELDOUT_SEED, args.real_count, SIZE)
+        if "panorama" in parts:
+            report["panorama"] = run_panorama(engine, args.panoramas, args.steps, args.seed, net, real, say)
         if "stroke" in parts:
-            real, _, _ = E.render_set(HELDOUT_SEED, args.real_count, SIZE)
             stroke = run_stroke(engine, args.stroke_scenes, args.steps, args.seed, net, real, say)
             stroke["claims"] = stroke_claims(stroke["rows"])
             report["stroke"] = stroke
@@ -522,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if earlier.is_file():  # keep the parts not run now, when they measured the same model
         old = json.loads(earlier.read_text())
         if old.get("model") == report["model"]:
-            for part in ("regions", "vae", "stroke", "text"):
+            for part in PARTS:
                 if part not in parts and part in old:
                     report[part] = old[part]
                     report.setdefault("earlier_commands", []).append(old.get("command"))

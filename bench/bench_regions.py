@@ -295,53 +295,69 @@ def column_jumps(image: Any) -> Any:
     return np.abs(np.diff(pixels, axis=1)).mean(axis=(0, 2))
 
 
-def bench_seams(model: str, seeds: int, steps: int) -> dict[str, Any]:
-    """Seam score of each window mode on the bundled model: the mean column jump at window
-    borders over the mean column jump of the whole image (1 = no seam), over ``seeds`` seeds.
+SEAM_MODES = {"sliding (exact, stride window/8)": {"windows": "sliding"},
+              "fixed tiles (stride = window)": {"windows": "sliding", "stride": "window"},
+              "shifted (SpotDiffusion, random)": {"windows": "shifted"}}
+
+
+def seam_request(engine: Engine, mode: str, prompt: str, seed: int, steps: int) -> MultiDiffusionRequest:
+    """A 4-windows-wide panorama of ``SEAM_MODES[mode]`` on ``engine``'s model."""
+    native, factor = engine.bundle.native_size, engine.bundle.vae_scale_factor
+    extra = dict(SEAM_MODES[mode])
+    if extra.get("stride") == "window":
+        extra["stride"] = native // factor
+    return MultiDiffusionRequest(prompt=prompt, negative_prompt=NEGATIVE, kind="panorama", width=4 * native,
+                                 height=native, steps=steps, seed=seed, scheduler="ddim", **extra)
+
+
+def seam_score(engine: Engine, request: MultiDiffusionRequest, image: Any) -> float:
+    """The mean column jump at window borders over the mean column jump of the whole image (1 = no seam).
 
     Borders: for fixed tiles (stride = window, the naive baseline) their edges; for shifted
     windows the edges of the LAST step's tiling (earlier ones are denoised over); for exact
     sliding windows the fixed tiles' edges (they are not special for it: its reference).
     """
-    import numpy as np
-
     from core.schedulers import make_scheduler
     from core.shifted_windows import step_offsets
 
-    engine = Engine.load(model=model, device="cpu")
     b = engine.bundle
-    native, factor = b.native_size, b.vae_scale_factor
-    window = native // factor
-    width, height = 4 * native, native
-    prompts = ["a watercolor painting of a mountain lake at sunset", "an oil painting of a forest by day",
-               "a pastel drawing of a city skyline at night", "a painting of rolling green hills under a blue sky"]
-    modes = {"sliding (exact, stride window/8)": {"windows": "sliding"},
-             "fixed tiles (stride = window)": {"windows": "sliding", "stride": window},
-             "shifted (SpotDiffusion, random)": {"windows": "shifted"}}
-    scores: dict[str, list[float]] = {m: [] for m in modes}
-    seconds: dict[str, float] = {m: 0.0 for m in modes}
-    fixed = [x * factor for x in range(window, width // factor, window)]
+    factor, window = b.vae_scale_factor, b.native_size // b.vae_scale_factor
+    width, height = request.width, request.height
+    borders = [x * factor for x in range(window, width // factor, window)]
+    if request.windows == "shifted":
+        scheduler = make_scheduler("ddim", b.scheduler_config, steps=request.steps)
+        offsets = step_offsets(scheduler.timesteps, window, request.shift, request.seed, max(1, window // 8))
+        last = offsets[float(scheduler.timesteps[-1])]
+        tiles = shifted_views(height // factor, width // factor, window, last, request.circular)
+        borders = [v.left * factor for v in tiles[1:]]
+    jumps = column_jumps(image)
+    return float(jumps[[x - 1 for x in borders]].mean() / jumps.mean())
+
+
+SEAM_PROMPTS = ["a watercolor painting of a mountain lake at sunset", "an oil painting of a forest by day",
+                "a pastel drawing of a city skyline at night", "a painting of rolling green hills under a blue sky"]
+
+
+def bench_seams(model: str, seeds: int, steps: int) -> dict[str, Any]:
+    """Seam score (:func:`seam_score`) of each window mode on the bundled model over ``seeds`` seeds."""
+    import numpy as np
+
+    engine = Engine.load(model=model, device="cpu")
+    scores: dict[str, list[float]] = {m: [] for m in SEAM_MODES}
+    seconds: dict[str, float] = {m: 0.0 for m in SEAM_MODES}
     for seed in range(seeds):
-        for name, extra in modes.items():
-            request = MultiDiffusionRequest(prompt=prompts[seed % len(prompts)], negative_prompt=NEGATIVE,
-                                            kind="panorama", width=width, height=height, steps=steps, seed=seed,
-                                            scheduler="ddim", **extra)
+        for name in SEAM_MODES:
+            request = seam_request(engine, name, SEAM_PROMPTS[seed % len(SEAM_PROMPTS)], seed, steps)
             start = time.process_time()
             image = engine.run(request).images[0]
             seconds[name] += time.process_time() - start
-            borders = fixed
-            if extra["windows"] == "shifted":
-                scheduler = make_scheduler("ddim", b.scheduler_config, steps=steps)
-                offsets = step_offsets(scheduler.timesteps, window, "random", seed, max(1, window // 8))
-                last = offsets[float(scheduler.timesteps[-1])]
-                tiles = shifted_views(height // factor, width // factor, window, last, False)
-                borders = [v.left * factor for v in tiles[1:]]
-            jumps = column_jumps(image)
-            scores[name].append(float(jumps[[x - 1 for x in borders]].mean() / jumps.mean()))
-    return {"model": Path(model).name, "canvas_px": [width, height], "window": window, "steps": steps,
+            scores[name].append(seam_score(engine, request, image))
+    native = engine.bundle.native_size
+    return {"model": Path(model).name, "canvas_px": [4 * native, native],
+            "window": native // engine.bundle.vae_scale_factor, "steps": steps,
             "seeds": seeds, "seam_score": {m: float(np.mean(v)) for m, v in scores.items()},
             "seam_score_max": {m: float(np.max(v)) for m, v in scores.items()},
-            "cpu_seconds_per_image": {m: seconds[m] / seeds for m in modes}}
+            "cpu_seconds_per_image": {m: seconds[m] / seeds for m in SEAM_MODES}}
 
 
 def seams_markdown(seams: dict[str, Any]) -> list[str]:

@@ -42,3 +42,21 @@ def test_the_sweep_covers_the_papers_comparison() -> None:
     claims = Q.stroke_claims(rows)
     assert claims["below_sdedit"] and claims["fidelity1_as_faithful_as_sdedit06"]
     assert {c["sdedit"] for c in claims["compared"]} == {"SDEdit 0.5", "SDEdit 0.6"}
+
+
+def test_the_panorama_part_scores_realism_and_seams_of_each_window_mode(tiny_engine) -> None:
+    import torch
+
+    from training import eval as E
+
+    torch.manual_seed(0)
+    net = E.AttributeNet(input_size=32, width=4).eval()
+    real = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    result = Q.run_panorama(tiny_engine, 2, 2, 0, net, real, lambda _: None)
+    assert result["canvas_px"] == [256, 64] and set(result["rows"]) == {*Q.PANORAMA_MODES, "text-to-image"}
+    for mode in Q.PANORAMA_MODES:
+        row = result["rows"][mode]
+        assert row["images"] == 8 and np.isfinite(row["frechet"]) and row["seam_score"] > 0  # 2 captions x 4 crops
+    assert result["rows"]["text-to-image"]["images"] == 2
+    assert "## Panoramas" in Q.markdown({"model": "tiny", "real_count": 6, "name": "t", "steps": 2, "seed": 0,
+                                          "threads": 1, "command": "x", "seconds": 1.0, "panorama": result})

@@ -360,6 +360,7 @@ def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params:
 
 
 @torch.no_grad()
+@torch.no_grad()  # a VAE fresh from stage A still requires grad: without this every batch kept its graph
 def encode_dataset(vae: AutoencoderKL, store: ImageStore, device: torch.device, progress: bool,
                    batch_size: int = 16) -> LatentCache:
     """Posterior mean and std of every image (unscaled, float16)."""
