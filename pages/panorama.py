@@ -25,6 +25,10 @@ shared.init_state({
     f"{PAGE}.width": 4 * native, f"{PAGE}.height": native, f"{PAGE}.use_map": False, f"{PAGE}.variations": 1,
     f"{PAGE}.shifted": False,
 })
+shared.keep_valid(PAGE, {
+    "prompt": ("", None), "negative": ("", None), "preset": ("2:1", PRESETS), "width": (4 * native, (64, 8192)),
+    "height": (native, (64, 2048)), "use_map": (False, None), "variations": (1, (1, 4)), "steps": (50, (1, 100)),
+    "guidance": (7.5, (1.0, 15.0)), "shifted": (False, None)})
 
 st.title("Panorama", anchor=False)
 st.caption("Wide pictures of any aspect ratio from one prompt, seamless from end to end (MultiDiffusion). "

@@ -34,6 +34,11 @@ st.caption("Paint areas in different colours and give each colour its own prompt
 engine = shared.require_engine()
 native = engine.bundle.native_size if engine is not None else 512
 sizes = widgets.aspect_sizes(native)
+shared.keep_valid(PAGE, {
+    "background": ("", None), "negative": ("", None), "source": ("paint", SOURCES), "variations": (1, (1, 8)),
+    "size": ("Square", sizes), "multiplier": (1, (1, 4)), "circular": (False, None), "keep_colours": (False, None),
+    "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), "mode": ("fusion", MODES),
+    "shifted": (False, None), **widgets.BRUSH_RULES})
 
 top_left, top_right = st.columns([3, 2])
 top_left.text_area("Background prompt", key=f"{PAGE}.background", height=80, persist_state="session",

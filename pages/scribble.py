@@ -23,8 +23,10 @@ shared.init_state({
     f"{PAGE}.variations": 1,
     f"{PAGE}.size": "Square", f"{PAGE}.name_regions": False, f"{PAGE}.free_background": True,
 })
-if ss[f"{PAGE}.method"] not in methods:
-    ss[f"{PAGE}.method"] = methods[0]
+shared.keep_valid(PAGE, {
+    "prompt": ("", None), "negative": ("", None), "method": (methods[0], methods), "variations": (1, (1, 8)),
+    "size": ("Square", widgets.aspect_sizes(8)), "name_regions": (False, None), "free_background": (True, None),
+    "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), **widgets.BRUSH_RULES})
 
 st.title("Scribble to Art", anchor=False)
 st.caption("Draw rough coloured shapes, say what they are, and get a picture that keeps your colours and layout.")

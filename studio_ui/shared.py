@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import random
 import uuid
 from typing import Any, Callable, Iterator
@@ -67,6 +68,42 @@ def init_state(defaults: dict[str, Any]) -> None:
     for key, value in defaults.items():
         if key not in ss:
             ss[key] = value
+
+
+def _valid(value: Any, default: Any, allowed: Any) -> bool:
+    if isinstance(default, bool):
+        ok = type(value) is bool
+    elif isinstance(default, int):
+        ok = type(value) is int
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok or allowed is None:
+        return ok
+    if isinstance(allowed, tuple):
+        return allowed[0] <= value <= allowed[1]
+    return value in allowed
+
+
+def keep_valid(page: str, rules: dict[str, tuple[Any, Any]]) -> list[str]:
+    """Reset the page's settings that its widgets would refuse, to their defaults.
+
+    ``rules`` maps a setting (``{page}.{name}``) to (default, allowed): ``allowed`` is a
+    (low, high) range, a collection of options, or None (any value of the default's type).
+    A result reopened from the gallery brings its sidecar's settings back, and a sidecar may
+    be edited, come from someone else, or predate a widget's range: a bad value would make
+    the widget raise. Says which settings were reset in the page's message."""
+    reset = []
+    for name, (default, allowed) in rules.items():
+        key = f"{page}.{name}"
+        if key in ss and not _valid(ss[key], default, allowed):
+            ss[key] = default
+            reset.append(name)
+    if reset:
+        ss[f"{page}.message"] = ("warning", "Some saved settings could not be used and are back to their "
+                                            f"defaults: {', '.join(reset)}.")
+    return reset
 
 
 def rev(page: str) -> int:

@@ -50,6 +50,10 @@ def _palette_css(page: str, selected: str) -> str:
     return "<style>" + "\n".join(rules) + "</style>"
 
 
+BRUSH_RULES = {"tool": ("freedraw", TOOLS), "brush": (12, (1, 80)), "swatch": ("red", [*SWATCHES, CUSTOM]),
+               "custom": ("#ff4081", None), "fill": (True, None)}  # for shared.keep_valid
+
+
 def brush_controls(page: str, *, default_tool: str = "freedraw", default_size: int = 12,
                    default_swatch: str = "blue") -> tuple[str, int, str, bool]:
     """Tool, brush size, colour (preset palette, eraser, or any colour from the picker) and

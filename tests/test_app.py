@@ -466,3 +466,18 @@ def test_region_painter_can_keep_the_painted_colours(studio: Path) -> None:
     at.toggle(key="regions.circular").set_value(True).run()
     at.button(key="regions.generate").click().run()
     assert any("360° panoramas" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("page, bad", [
+    ("regions", {"multiplier": 99, "mode": "evil", "steps": "abc", "tool": "laser", "fidelity": float("nan")}),
+    ("scribble", {"method": "magic", "variations": 0, "guidance": True, "size": "Huge", "brush": 500}),
+    ("panorama", {"preset": "8:1", "width": 10**6, "shifted": "yes", "variations": 2.5}),
+])
+def test_settings_a_widget_would_refuse_are_reset_with_one_message(studio: Path, page: str, bad: dict) -> None:
+    at = open_page("gallery")
+    for name, value in bad.items():  # as "Open in editor" restores a hand-edited or foreign sidecar
+        at.session_state[f"{page}.{name}"] = value
+    at.switch_page(PAGES[page]).run()
+    assert not at.exception, at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert "back to their defaults" in warning and all(name in warning for name in bad)
