@@ -136,7 +136,7 @@ def distil(model: Path, out: Path, *, steps: int, channels: int, images: int, cr
         loss.backward()
         optimizer.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"tiny decoder: step {step + 1}/{steps} loss {float(loss):.4f}")
+            log(f"tiny decoder: step {step + 1}/{steps} loss {loss.item():.4f}")
         if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             save_checkpoint(checkpoint_dir, "tiny", step + 1, {"tiny": tiny}, {}, optimizer, {"steps": steps})
     tiny.eval()
