@@ -31,7 +31,7 @@ from .requests import (DEFAULT_MAX_PIXELS, check_flag, check_image, check_int, c
                        check_sampling, check_side, limit_field, show)
 from .sampling import ProgressCallback, alpha_bar, denoise, step_kwargs
 from .schedulers import make_scheduler
-from .shifted_windows import SHIFTS, ShiftedWindows, shifted_views, step_offsets
+from .shifted_windows import SHIFTS, ShiftedWindows, shifted_views, step_offsets, views_by_step
 from .vae_codec import decode_latents, require_multiple_of, tensor_to_pils
 
 KINDS = ("regions", "panorama")
@@ -310,8 +310,8 @@ def fusion_eps_fn(engine: Engine, request: MultiDiffusionRequest, scheduler: Any
         views: Any = setup.views
         if request.windows == "shifted":
             offsets = step_offsets(scheduler.timesteps, setup.window, request.shift, request.seed, setup.stride)
-            views = ShiftedWindows(engine.model_fn(scheduler), setup.embeddings, setup.paths, setup.window, offsets,
-                                   circular=request.circular).views
+            height, width = setup.paths[0].weight.shape
+            views = views_by_step(height, width, setup.window, offsets, request.circular)
         return RegionalAttention(engine.model_fn(scheduler), engine.bundle.unet, setup.embeddings, setup.paths,
                                  views, batch_rows=request.unet_batch)
     align = 2 ** (len(engine.bundle.unet.config.block_out_channels) - 1)

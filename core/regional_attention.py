@@ -59,8 +59,10 @@ class RegionalControl:
     def keys(self) -> int:
         return self.prompts * self.seq
 
-    def set_rows(self, weights: Tensor | None) -> None:
-        self.weights, self._bias = weights, {}
+    def set_rows(self, weights: Tensor | None, bias_cache: dict[int, Tensor] | None = None) -> None:
+        """The rows' weights for the next UNet call; ``bias_cache`` keeps their per-layer biases
+        between calls with the same rows (the eps_fn passes one per batch of views)."""
+        self.weights, self._bias = weights, ({} if bias_cache is None else bias_cache)
 
     def applies(self, context: Tensor | None) -> bool:
         """Whether a cross-attention call is one of ours (its context has P x seq keys per row)."""
@@ -139,43 +141,52 @@ class RegionalAttention:
         self.control = RegionalControl(len(paths), embeddings.shape[1])
         self.views = views
         self.batch_views = max(1, int(batch_rows) // (2 if self.cfg else 1))
+        self.halves = [self.uncond, self.cond] if self.cfg else [self.cond]
         self.rows_run = 0  # model rows evaluated so far (per image), for tests and benchmarks
-        self._cache: dict[tuple, Tensor] = {}
+        # per batch of views: weights, biases, context, scale (sliding views repeat every step)
+        self._row_cache: dict[tuple, dict[str, Any]] = {}
 
     def views_at(self, t: Tensor) -> list[View]:
         return list(self.views(t) if callable(self.views) else self.views)
-
-    def _on(self, tensor: Tensor, like: Tensor) -> Tensor:
-        key = (id(tensor), like.device, like.dtype)
-        if key not in self._cache:
-            self._cache[key] = tensor.to(like.device, like.dtype)
-        return self._cache[key]
 
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:
         n = z.shape[0]
         views = self.views_at(t)
         out, count = torch.zeros_like(z), torch.zeros_like(z[:1, :1])
-        weights, scale = self._on(self.weights, z)[None], self._on(self.scale, z)[None, None]
-        halves = [self.uncond, self.cond] if self.cfg else [self.cond]
+        halves = len(self.halves)
         with regional_processors(self.unet, self.control):
             for batch in self._batches(views):
+                rows = self._rows([views[v] for v in batch], n, z)
                 crops = torch.cat([crop_view(z, views[v]) for v in batch])  # (V*n, C, hh, ww)
-                rows_w = torch.cat([crop_view(weights, views[v]).expand(n, -1, -1, -1) for v in batch])
-                context = torch.cat([h.to(z.device, z.dtype).expand(len(crops), -1, -1) for h in halves])
-                self.control.set_rows(torch.cat([rows_w] * len(halves)))
+                self.control.set_rows(rows["weights"], rows["bias"])
                 try:
-                    eps = self.model_fn(torch.cat([crops] * len(halves)), t, context)
+                    eps = self.model_fn(torch.cat([crops] * halves), t, rows["context"])
                 finally:
                     self.control.set_rows(None)
-                self.rows_run += len(batch) * len(halves)
+                self.rows_run += len(batch) * halves
                 if self.cfg:
                     eps_u, eps_c = eps.chunk(2)
-                    s = torch.cat([crop_view(scale, views[v]) for v in batch]).repeat_interleave(n, dim=0)
-                    eps = eps_u + s * (eps_c - eps_u)
+                    eps = eps_u + rows["scale"] * (eps_c - eps_u)
                 for i, v in enumerate(batch):
                     add_to_view(out, eps[i * n:(i + 1) * n], views[v])
                     add_to_view(count, torch.ones_like(eps[:1, :1]), views[v])
         return out / count
+
+    def _rows(self, views: list[View], n: int, like: Tensor) -> dict[str, Any]:
+        """What a batch of views needs besides the latents, built once per (views, images, device,
+        dtype): the rows' prompt weights and their per-layer biases, the context, the CFG scale."""
+        key = (tuple(views), n, like.device, like.dtype)
+        if callable(self.views):  # shifted tilings rarely repeat: keep only the current one
+            self._row_cache = {k: v for k, v in self._row_cache.items() if k == key}
+        if key not in self._row_cache:
+            weights, scale = self.weights.to(like.device, like.dtype)[None], self.scale.to(like.device, like.dtype)
+            rows_w = torch.cat([crop_view(weights, v).expand(n, -1, -1, -1) for v in views])
+            count = len(views) * n
+            self._row_cache[key] = {
+                "weights": torch.cat([rows_w] * len(self.halves)), "bias": {},
+                "context": torch.cat([h.to(like.device, like.dtype).expand(count, -1, -1) for h in self.halves]),
+                "scale": torch.cat([crop_view(scale[None, None], v) for v in views]).repeat_interleave(n, dim=0)}
+        return self._row_cache[key]
 
     def _batches(self, views: list[View]) -> list[list[int]]:
         """View indices per model call: same crop shape, at most ``batch_views`` each."""
@@ -184,9 +195,3 @@ class RegionalAttention:
             by_shape.setdefault((view.height, view.width), []).append(i)
         return [group[i:i + self.batch_views] for group in by_shape.values()
                 for i in range(0, len(group), self.batch_views)]
-
-    def plan_pixels(self, t: Tensor | None = None) -> int:
-        """Latent pixels the model evaluates per step (per image), for benchmarks."""
-        views = self.views_at(t if t is not None else torch.tensor(0.0))
-        return sum(v.height * v.width for v in views) * (2 if self.cfg else 1)
-

@@ -26,7 +26,7 @@ Adapted here:
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -84,6 +84,22 @@ def step_offsets(timesteps: Iterable[Any], window: int, shift: str, seed: int, s
     return offsets
 
 
+def offset_at(offsets: dict[float, tuple[int, int]], t: Tensor | float) -> tuple[int, int]:
+    """The offset of step ``t``; a timestep not in ``offsets`` (a solver's intermediate point)
+    takes the offset of the nearest one above."""
+    key = float(t)
+    if key not in offsets:
+        above = [k for k in sorted(offsets) if k >= key]
+        key = above[0] if above else max(offsets)
+    return offsets[key]
+
+
+def views_by_step(height: int, width: int, window: int, offsets: dict[float, tuple[int, int]],
+                  circular: bool = False) -> Callable[[Tensor | float], list[View]]:
+    """t -> the tiling of step t (for eps_fns other than the fusion, e.g. one-pass regions)."""
+    return lambda t: shifted_views(height, width, window, offset_at(offsets, t), circular)
+
+
 class ShiftedWindows:
     """``eps_fn(z, t)``: one :class:`RegionFusion` over the tiles shifted by ``offsets[t]``.
 
@@ -102,17 +118,12 @@ class ShiftedWindows:
         self.offsets, self.circular, self.bootstrap = offsets, circular, bootstrap
         self.options = {"batch_rows": batch_rows, "crop_padding": crop_padding, "align": align}
         self._fusions: dict[tuple[int, int], RegionFusion] = {}
-        self._keys = sorted(offsets)
 
     def views(self, t: Tensor | float) -> list[View]:
         return shifted_views(self.height, self.width, self.window, self.offset(t), self.circular)
 
     def offset(self, t: Tensor | float) -> tuple[int, int]:
-        key = float(t)
-        if key not in self.offsets:
-            above = [k for k in self._keys if k >= key]
-            key = above[0] if above else self._keys[-1]
-        return self.offsets[key]
+        return offset_at(self.offsets, t)
 
     def fusion(self, t: Tensor | float) -> RegionFusion:
         """The fusion of step ``t`` (built on first use)."""

@@ -163,11 +163,11 @@ def is_green(rgb: np.ndarray) -> bool:
 # the field green, and GradOP+ now paints the field green, but neither method paints the sun red
 # (it comes out cream): the UNet does not follow the colour words of a small object
 # (bench/results/quality.md). strict: when a model paints them, these pass and the marker must go.
-VAE_CANNOT_CARRY_FLAT_COLOURS = pytest.mark.xfail(
+SUN_NOT_RED = pytest.mark.xfail(
     strict=True, reason="the bundled model paints the drawn or prompted sun cream, not red (bench/results/quality.md)")
 
 
-@VAE_CANNOT_CARRY_FLAT_COLOURS
+@SUN_NOT_RED
 def test_gradop_plus_paints_the_drawn_red_sun_red_and_the_field_green(demo: Engine) -> None:
     scribble, masks = sun_scene_scribble(), sun_scene_masks()
     for seed in (0, 1):
@@ -191,7 +191,7 @@ def region_image(demo: Engine, regions: tuple[Region, ...], seed: int) -> Image.
     return demo.run(request).images[0]
 
 
-@VAE_CANNOT_CARRY_FLAT_COLOURS
+@SUN_NOT_RED
 def test_region_prompts_paint_a_red_sun_and_a_green_field_where_they_are_drawn(demo: Engine) -> None:
     masks = sun_scene_masks()
     for seed in (0, 1):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.cli import EXIT_USER_ERROR, OneLineParser
+from core.cli import OneLineParser
 from core.errors import StudioError
 from core.latent_rgb import colour_fields
 
 from . import procedural as P
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .make_dataset import item_scene
-from .train import load_vae
+from .train import load_vae, run_cli
 
 DATA_SEED = 404  # dataset seed of the distillation images (the demo model trained on seed 0)
 HELDOUT_SEED = 405
@@ -193,13 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """A user error (no such model, a bad crop) is one line on stderr and exit code 2."""
-    try:
-        main(argv)
-    except (StudioError, FileNotFoundError, OSError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return EXIT_USER_ERROR
-    return 0
+    """``python -m training.tiny_decoder`` (one-line errors: :func:`training.train.run_cli`)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import cv2
 import numpy as np
@@ -833,15 +833,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return out
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.train``: a user error (bad flag value, no images, checkpoints in the
-    way) is one line on stderr and exit code 2, not a traceback."""
+def run_cli(main_fn: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None) -> int:
+    """Run a training command: a user error (bad flag value, no images, checkpoints in the way,
+    a missing folder) is one line on stderr and exit code 2, not a traceback."""
     try:
-        main(argv)
+        main_fn(argv)
     except (StudioError, FileExistsError, FileNotFoundError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USER_ERROR
     return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.train`` (see :func:`run_cli`)."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":
