@@ -205,6 +205,7 @@ class StrokeRequest:
         object.__setattr__(self, "regions", tuple(self.regions))
         check_range("Region bootstrap", self.region_bootstrap, 0, 1)
         check_flag("Region attention", self.region_attention)
+        check_int("Region limit", self.max_regions, 1, 1024)  # checked with or without regions: it is recorded
         if self.regions and self.words:
             raise StudioError("Words and region prompts do not combine: give each colour either words of the "
                               "prompt or its own prompt, not both kinds in one request.")

@@ -266,6 +266,8 @@ def test_fidelity_maps_onto_each_method() -> None:
     (dict(fidelity=2.0), "Fidelity"),
     (dict(words=(("#00ff00", "river"),)), "not painted"),
     (dict(words=(("green", "river"),)), "#rrggbb"),
+    (dict(max_regions=0.0), "Region limit must be a whole number"),  # checked without regions too
+    (dict(max_regions=0), "Region limit must be between 1 and 1024"),
 ])
 def test_bad_requests_say_how_to_fix_them(kwargs: dict, message: str) -> None:
     params = dict(prompt="p", strokes=scribble()) | kwargs
