@@ -185,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="model, device, dtype and memory options")
     add_common(p)
     COMMANDS.update(txt2img=cmd_txt2img, img2img=cmd_img2img, replay=cmd_replay, info=cmd_info)
-    from . import cli_regions, cli_stroke  # they import this module's helpers
+    from . import cli_regions, cli_stroke, cli_upscale  # they import this module's helpers
 
-    for module in (cli_regions, cli_stroke):
+    for module in (cli_regions, cli_stroke, cli_upscale):
         module.register(sub, COMMANDS)
     return parser
 

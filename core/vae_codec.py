@@ -44,10 +44,21 @@ def _latent_scale(vae: Any) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def encode_image(vae: Any, image: Image.Image, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Image -> (1, 4, H/8, W/8) scaled latents (the posterior mean: deterministic)."""
+def encode_image(vae: Any, image: Image.Image, device: torch.device, dtype: torch.dtype,
+                 tiled: bool | None = None) -> Tensor:
+    """Image -> (1, 4, H/8, W/8) scaled latents (the posterior mean: deterministic).
+
+    ``tiled=None`` encodes tile by tile (diffusers' blended tiles of the VAE's sample size)
+    only above TILED_DECODE_PIXELS, as :func:`decode_latents` decodes."""
     pixels = pil_to_tensor(image).to(device=device, dtype=dtype)
-    mean = vae.encode(pixels).latent_dist.mean
+    if tiled is None:
+        tiled = getattr(vae, "use_tiling", False) or image.width * image.height > TILED_DECODE_PIXELS
+    if not tiled:
+        mean = vae.encode(pixels).latent_dist.mean
+    elif hasattr(vae, "_tiled_encode"):  # diffusers >= 0.33: the moments (mean, log-variance) of blended tiles
+        mean = vae._tiled_encode(pixels).chunk(2, dim=1)[0]
+    else:
+        mean = vae.tiled_encode(pixels).latent_dist.mean
     scale, shift = _latent_scale(vae)
     return (mean - shift) * scale
 

@@ -26,6 +26,7 @@ from core.region_map import MAX_REGIONS, ColorPrompt, Region, parse_prompt_table
 from core.requests import DEFAULT_MAX_PIXELS, MAX_SEED, GenerationRequest
 from core.schedulers import SCHEDULER_NAMES, check_steps, max_steps
 from core.stroke_guidance import StrokeRequest, word_pairs
+from core.tiled_refine import UpscaleRequest
 
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SMALL = settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -49,7 +50,7 @@ def scribble(size: int = 16) -> Image.Image:
 MASK = Image.new("L", (16, 16), 255)
 REQUIRED = {GenerationRequest: {"prompt": "a red sun"}, StrokeRequest: {"prompt": "p", "strokes": scribble()},
             MultiDiffusionRequest: {"prompt": "p"}, Region: {"mask": MASK, "prompt": "a tree"},
-            ColorPrompt: {"prompt": "a sun"}, LoadOptions: {}}
+            ColorPrompt: {"prompt": "a sun"}, LoadOptions: {}, UpscaleRequest: {"image": scribble()}}
 
 
 def field_values(cls: type) -> st.SearchStrategy[dict[str, Any]]:
@@ -71,10 +72,11 @@ def built_or_refused(make: Any) -> Any:
 
 def check_valid(request: Any) -> None:
     """What a request that was accepted guarantees, whatever it was built from."""
-    for name in ("steps", "seed", "num_images", "max_pixels", "max_regions", "blur_kernel", "grad_steps"):
+    for name in ("steps", "seed", "num_images", "max_pixels", "max_regions", "blur_kernel", "grad_steps",
+                 "scale", "tile", "overlap"):
         value = getattr(request, name, 0)
         assert isinstance(value, int) and not isinstance(value, bool), (name, value)
-    for name in ("guidance_scale", "strength", "lr", "bootstrap", "feather"):
+    for name in ("guidance_scale", "strength", "lr", "bootstrap", "feather", "refine"):
         value = getattr(request, name, 0.0)
         assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), (name, value)
     for name in ("width", "height"):
@@ -128,7 +130,9 @@ def valid_recipes() -> list[dict]:
     requests = [GenerationRequest(prompt="p", width=64, height=64, steps=2),
                 GenerationRequest(prompt="p", init_image=scribble(), steps=2, num_images=2),
                 StrokeRequest(prompt="p", strokes=scribble(), words=(("#a0a0a0", "p"),), steps=2),
-                MultiDiffusionRequest(prompt="p", regions=(region,), width=64, height=64, steps=2)]
+                MultiDiffusionRequest(prompt="p", regions=(region,), width=64, height=64, steps=2),
+                UpscaleRequest(image=scribble(), scale=4, upscaler="lanczos", refine=0.3, prompt="p", steps=2,
+                               regions=(region,))]
     return [json.loads(json.dumps(make_recipe(r, model, 0, [0]))) for r in requests]
 
 

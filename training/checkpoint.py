@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
-STAGES = ("vae", "unet", "tiny")  # tiny: training.tiny_decoder
+STAGES = ("vae", "unet", "tiny", "upscaler")  # tiny: training.tiny_decoder; upscaler: training.upscaler
 
 
 class EMA:
