@@ -5,17 +5,19 @@ import json
 import streamlit as st
 
 from studio_ui import shared
-from studio_ui.canvas import unb64
-from studio_ui.restore import restore
+from studio_ui.restore import restore, saved_image
 from studio_ui.site import PAGE_FILES, PAGE_TITLES
 
 PAGE = "gallery"
 ss = st.session_state
 PER_PAGE = 12
-KINDS = {"scribble": "Scribbles", "regions": "Regions", "panorama": "Panoramas"}
+KINDS = {"scribble": "Scribbles", "regions": "Regions", "panorama": "Panoramas", "upscale": "Upscaled"}
 
 shared.enter_page(PAGE)
+shared.collect(PAGE)
 shared.init_state({f"{PAGE}.filter": [], f"{PAGE}.search": "", f"{PAGE}.shown": PER_PAGE})
+if ss.get(f"{PAGE}.results"):  # an upscale finished: show the new image
+    ss[f"{PAGE}.selected"] = ss.pop(f"{PAGE}.results")[0]
 gallery = shared.get_gallery()
 items = gallery.items()
 
@@ -36,12 +38,12 @@ def select(item_id: str | None) -> None:
 def delete(item_id: str) -> None:
     gallery.delete(item_id)
     ss[f"{PAGE}.selected"] = None
-    ss[f"{PAGE}.message"] = "Deleted."
+    ss[f"{PAGE}.toast"] = "Deleted."
 
 
 selected = gallery.get(ss.get(f"{PAGE}.selected") or "")
-if ss.get(f"{PAGE}.message"):
-    st.toast(ss.pop(f"{PAGE}.message"))
+if ss.get(f"{PAGE}.toast"):
+    st.toast(ss.pop(f"{PAGE}.toast"))
 
 if selected is not None:
     with st.container(border=True):
@@ -53,7 +55,14 @@ if selected is not None:
             st.caption(f"{PAGE_TITLES.get(selected.page, selected.page)} · {meta.get('created', '')} · "
                        f"{meta.get('size', ['?', '?'])[0]}×{meta.get('size', ['?', '?'])[1]} · seed {meta.get('seed')} · "
                        f"model {meta.get('model', {}).get('name', '?')}")
-            if selected.page in PAGE_FILES and st.button("Open in editor", type="primary", icon=":material/edit:",
+            upscale = selected.ui.get("upscale") if isinstance(selected.ui.get("upscale"), dict) else None
+            if upscale and gallery.get(str(upscale.get("source", ""))) is not None:
+                st.button(f"Made from {upscale.get('source')}", icon=":material/arrow_back:", type="tertiary",
+                          on_click=select, args=(str(upscale["source"]),), key=f"{PAGE}.source")
+            shared.progress_panel(PAGE)
+            shared.show_message(PAGE)
+            shared.upscale_button(PAGE, selected, shared.current_engine())
+            if (selected.ui.get("page") or selected.page) in PAGE_FILES and st.button("Open in editor", type="primary", icon=":material/edit:",
                                                          key=f"{PAGE}.open", width="stretch"):
                 target = restore(selected)
                 if target:
@@ -65,11 +74,13 @@ if selected is not None:
             b.download_button("Recipe JSON", selected.sidecar_bytes(), file_name=selected.meta_path.name,
                               mime="application/json", icon=":material/data_object:", on_click="ignore",
                               width="stretch", key=f"{PAGE}.dl_json")
-            source = ((selected.ui.get("canvas") or {}).get("scribble_png") or selected.ui.get("region_map_png")
-                      or (selected.ui.get("images") or {}).get("map_png"))
+            canvas, images = selected.ui.get("canvas"), selected.ui.get("images")
+            source = (saved_image(canvas.get("scribble_png") if isinstance(canvas, dict) else None)
+                      or saved_image(selected.ui.get("region_map_png"))
+                      or saved_image(images.get("map_png") if isinstance(images, dict) else None))
             if source:
                 with st.container(border=True, width="content"):
-                    st.image(unb64(source), caption="What it was made from", width=160)
+                    st.image(source, caption="What it was made from", width=160)
             with st.expander("Parameters"):
                 st.code(selected.parameters or json.dumps(selected.recipe.get("request", {}), indent=1)[:2000],
                         language=None, wrap_lines=True)

@@ -6,12 +6,12 @@ from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64
 from studio_ui.methods import panorama_request
+from studio_ui.site import PAGE_SETTINGS
 from studio_ui.restore import ui_state
 
 PAGE = "panorama"
 ss = st.session_state
-SETTINGS = ("prompt", "negative", "preset", "width", "height", "use_map", "variations", "steps", "guidance",
-            "shifted")
+SETTINGS = PAGE_SETTINGS[PAGE]
 PRESETS = {"2:1": (2, False), "4:1": (4, False), "360": (4, True), "custom": (None, False)}
 PRESET_LABELS = {"2:1": "2:1", "4:1": "4:1", "360": "360° circular", "custom": "Custom"}
 

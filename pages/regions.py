@@ -8,13 +8,12 @@ from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
 from core.colors import region_label_image
 from studio_ui.methods import region_request
+from studio_ui.site import PAGE_SETTINGS
 from studio_ui.restore import canvas_state, ui_state
 
 PAGE = "regions"
 ss = st.session_state
-SETTINGS = ("background", "negative", "source", "variations", "steps", "guidance", "size", "multiplier",
-            "circular", "tool", "brush", "swatch", "custom", "fill", "keep_colours", "fidelity", "mode",
-            "shifted")
+SETTINGS = PAGE_SETTINGS[PAGE]
 SOURCES = {"paint": ":material/brush: Paint", "upload": ":material/upload: Upload a map"}
 MODES = {"fusion": "Exact (MultiDiffusion)", "attention": "One pass (regional attention)"}
 

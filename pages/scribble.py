@@ -6,12 +6,12 @@ from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
 from studio_ui.methods import METHOD_HELP, SCRIBBLE_METHODS, ScribbleSettings, missing_region_words, scribble_request
+from studio_ui.site import PAGE_SETTINGS
 from studio_ui.restore import canvas_state, ui_state
 
 PAGE = "scribble"
 ss = st.session_state
-SETTINGS = ("prompt", "negative", "method", "fidelity", "variations", "steps", "guidance", "size",
-            "name_regions", "free_background", "tool", "brush", "swatch", "custom", "fill")
+SETTINGS = PAGE_SETTINGS[PAGE]
 
 shared.enter_page(PAGE)
 shared.collect(PAGE)

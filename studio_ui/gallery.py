@@ -10,6 +10,7 @@ No streamlit here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -155,4 +156,26 @@ class GalleryStore:
         image_path = meta_path.with_name(str(meta.get("image") or f"{meta_path.stem}.png"))
         if image_path.parent != meta_path.parent or not image_path.is_file():
             return None
-        return GalleryItem(meta_path.stem, image_path, meta_path, meta)
+        return GalleryItem(meta_path.stem, image_path, meta_path, _plain_meta(meta))
+
+
+def _plain_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar with the fields the pages show made safe to show (a sidecar may be edited or
+    come from someone else): numbers that are numbers, a size of two whole numbers, dicts that
+    are dicts; anything else is replaced by a neutral value."""
+    meta = dict(meta)
+    if not isinstance(meta.get("created_ts"), (int, float)) or isinstance(meta.get("created_ts"), bool) \
+            or not math.isfinite(meta["created_ts"]):
+        meta["created_ts"] = 0.0
+    size = meta.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 0 < v < 1 << 20 for v in size)):
+        meta["size"] = ["?", "?"]
+    for key in ("model", "ui", "recipe"):
+        if not isinstance(meta.get(key), dict):
+            meta[key] = {}
+    for key in ("page", "title", "created", "parameters", "kind"):
+        if not isinstance(meta.get(key), str):
+            meta[key] = "" if key != "title" else None
+    if not isinstance(meta.get("seed"), int):
+        meta["seed"] = None
+    return meta

@@ -20,12 +20,14 @@ import streamlit as st
 
 from core.engine import Engine
 from core.errors import StudioError
+from core.inputs import open_image
 from core.loading import HOW_TO_GET_WEIGHTS, LoadOptions, available_models, default_model, models_dir
 from core.model_settings import Recommended, recommended_for
 from core.requests import MAX_SEED, random_seed
 
 from .gallery import GalleryItem, GalleryStore, outputs_dir
 from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
+from .methods import UPSCALE_FACTORS, UPSCALER_LABELS, upscale_request, upscaler_choices
 from .restore import restore_ui
 from .site import PAGE_TITLES
 
@@ -310,18 +312,21 @@ def sidebar() -> None:
 
 # --- jobs -----------------------------------------------------------------------------------
 
-def submit(page: str, engine: Engine, request: Any, *, title: str, ui: dict[str, Any]) -> None:
-    """Queue ``request`` on the shared worker; its results are saved to the gallery."""
+def submit(page: str, engine: Engine, request: Any, *, title: str, ui: dict[str, Any],
+           saved_as: str | None = None, notes: list[str] | None = None) -> None:
+    """Queue ``request`` on the shared worker; its results are saved to the gallery (as made
+    on ``saved_as``, default this page). ``notes`` join the result's warnings."""
     gallery = get_gallery()
 
     def work(progress: Callable[[Any], bool]) -> dict[str, Any]:
         result = engine.run(request, progress)
-        items = gallery.save(result, engine.bundle, page=page, title=title, ui=ui)
-        return {"items": [item.id for item in items], "warnings": list(result.warnings),
+        items = gallery.save(result, engine.bundle, page=saved_as or page, title=title, ui=ui)
+        return {"items": [item.id for item in items], "warnings": list(notes or []) + list(result.warnings),
                 "seconds": round(sum(result.timings.values()), 1)}
 
-    job = get_queue().submit(session_id(), f"{PAGE_TITLES.get(page, page)}: {title[:40]}", work, page=page,
-                             context=ui)
+    label = PAGE_TITLES.get(saved_as or page, saved_as or page)
+    job = get_queue().submit(session_id(), f"{label}: {title[:40]}", work, page=page,
+                             context=None if saved_as else ui)
     ss[f"{page}.job"] = job.id
     ss[f"{page}.message"] = None
     st.query_params[JOB_PARAM] = job.id  # a reload of this address finds the job again
@@ -339,7 +344,7 @@ def pick_up_job(page: str) -> None:
         return
     items = [item for item in (get_gallery().get(i) for i in (job.result or {}).get("items", [])) if item]
     ui = job.context if job.context is not None else (items[0].ui if items else None)
-    if isinstance(ui, dict):
+    if isinstance(ui, dict) and "upscale" not in ui:  # an upscale leaves the page's own state alone
         restore_ui(page, ui)
     ss[f"{page}.job"] = job.id
     if not job.done:
@@ -443,6 +448,46 @@ def show_results(page: str, actions: Callable[[GalleryItem, Any], None] | None =
                                help="The PNG carries its full recipe in its metadata.")
             if actions is not None:
                 actions(item, st)
+            upscale_button(page, item, current_engine())
+
+
+def upscale_button(page: str, item: GalleryItem, engine: Engine | None) -> None:
+    """"Upscale" for a result: factor, upscaler, optional redraw; queued like any request and
+    saved as a new gallery entry whose recipe embeds this image (with its hash)."""
+    key = f"{page}.up.{item.id}"
+    with st.popover("Upscale", icon=":material/zoom_out_map:", width="stretch",
+                    disabled=engine is None or active_job(page) is not None):
+        choices = upscaler_choices()
+        init_state({f"{key}.scale": 2, f"{key}.upscaler": choices[0], f"{key}.refine": 0.0})
+        if ss[f"{key}.upscaler"] not in choices:
+            ss[f"{key}.upscaler"] = choices[0]
+        st.segmented_control("Factor", UPSCALE_FACTORS, format_func=lambda f: f"×{f}", key=f"{key}.scale",
+                             required=True)
+        st.selectbox("Upscaler", choices, key=f"{key}.upscaler", format_func=lambda n: UPSCALER_LABELS.get(n, n),
+                     help="A super-resolution network from pretrained_models/upscalers (.safetensors; see the "
+                          "README), or a plain resampler.")
+        st.slider("Refine", 0.0, 0.6, step=0.05, key=f"{key}.refine",
+                  help="0: the network's enlargement as it is. Above 0: the model redraws the enlarged image at "
+                       "this strength, tile by tile at its native size, with the image's own prompt: more "
+                       "detail, slower (about steps × refine steps per tile).")
+        factor = int(ss[f"{key}.scale"] or 2)
+        size = item.meta.get("size")
+        if isinstance(size, list) and all(isinstance(v, int) for v in size):
+            st.caption(f"{size[0]}×{size[1]} → {size[0] * factor}×{size[1] * factor} px")
+        if st.button("Upscale", type="primary", key=f"{key}.go", width="stretch"):
+            try:
+                image = open_image(item.image_bytes(), "The gallery image")
+                request, notes = upscale_request(image, item.recipe, scale=factor, upscaler=ss[f"{key}.upscaler"],
+                                                 refine=float(ss[f"{key}.refine"]))
+            except StudioError as exc:
+                ss[f"{page}.message"] = ("error", str(exc))
+            else:
+                ui = {**item.ui, "page": item.ui.get("page") or item.page,
+                      "upscale": {"source": item.id, "scale": factor, "upscaler": request.upscaler,
+                                  "refine": request.refine}}
+                submit(page, engine, request, title=f"{item.title} (×{factor})", ui=ui, saved_as="upscale",
+                       notes=notes)
+            st.rerun()
 
 
 def require_engine() -> Engine | None:

@@ -481,3 +481,75 @@ def test_settings_a_widget_would_refuse_are_reset_with_one_message(studio: Path,
     assert not at.exception, at.exception
     warning = " ".join(w.value for w in at.warning)
     assert "back to their defaults" in warning and all(name in warning for name in bad)
+
+
+def test_results_upscale_into_new_gallery_entries_on_a_page_and_in_the_gallery(studio: Path) -> None:
+    from core.recipe import read_recipe, request_from_recipe
+
+    at = open_page("scribble", **{"scribble.steps": 2, "seed": 3})
+    at.text_area(key="scribble.prompt").set_value("a red sun over purple mountains").run()
+    at.button(key="scribble.generate").click().run()
+    wait_for_job(at, "scribble")
+    (source,) = at.session_state["scribble.results"]
+    key = f"scribble.up.{source}"
+    assert at.selectbox(key=f"{key}.upscaler").options[-2:] == ["Bicubic (no network)", "Lanczos (no network)"]
+    at.session_state[f"{key}.scale"] = 2
+    at.button(key=f"{key}.go").click().run()
+    wait_for_job(at, "scribble")
+    assert not at.error, [e.value for e in at.error]
+    (big,) = at.session_state["scribble.results"]  # the new entry is the page's result now
+    meta = json.loads((studio / f"{big}.json").read_text())
+    assert meta["page"] == "upscale" and meta["kind"] == "upscale" and meta["size"] == [128, 128]
+    assert meta["ui"]["upscale"]["source"] == source and meta["ui"]["page"] == "scribble"
+    recipe = read_recipe(studio / f"{big}.png")
+    rebuilt = request_from_recipe(recipe)
+    assert rebuilt.image.size == (64, 64) and rebuilt.refine == 0 and rebuilt.scale == 2
+
+    at.switch_page(PAGES["gallery"]).run()
+    at.pills(key="gallery.filter").set_value(["upscale"]).run()
+    assert any("1 of 2 images" in c.value for c in at.caption)
+    at.button(key=f"gallery.view.{big}").click().run()
+    assert at.button(key="gallery.source").label == f"Made from {source}"
+    key = f"gallery.up.{big}"
+    at.session_state[f"{key}.upscaler"] = "lanczos"
+    at.session_state[f"{key}.refine"] = 0.5
+    at.button(key=f"{key}.go").click().run()
+    wait_for_job(at, "gallery")
+    assert not at.error and not at.exception, [e.value for e in at.error]
+    biggest = at.session_state["gallery.selected"]
+    assert biggest not in (source, big)
+    meta = json.loads((studio / f"{biggest}.json").read_text())
+    assert meta["size"] == [256, 256] and meta["ui"]["upscale"]["source"] == big
+    redraw = request_from_recipe(read_recipe(studio / f"{biggest}.png"))
+    assert (redraw.prompt, redraw.refine, redraw.steps, redraw.upscaler) == ("a red sun over purple mountains",
+                                                                              0.5, 2, "lanczos")
+    at.button(key="gallery.open").click().run()  # the upscaled image reopens the drawing it came from
+    assert not at.exception and at.title[0].value == "Scribble to Art"
+
+
+def test_an_edited_or_foreign_sidecar_restores_only_what_the_page_can_hold(studio: Path) -> None:
+    at = open_page("scribble", **{"scribble.steps": 2, "seed": 4})
+    at.text_area(key="scribble.prompt").set_value("a boat on a lake").run()
+    at.button(key="scribble.generate").click().run()
+    wait_for_job(at, "scribble")
+    (item,) = at.session_state["scribble.results"]
+    sidecar = studio / f"{item}.json"
+    meta = json.loads(sidecar.read_text())
+    meta["ui"].update(
+        settings={"job": "job-x", "results": ["../../etc"], "prompt": {"x": 1}, "steps": 3, "mount": 9},
+        seed="abc", canvas={"dims": "wide", "drawing": {"objects": "x"}, "background_png": "!!not base64",
+                            "raster_png": "AAAA"},
+        rows={"not a colour": {"words": "x"}, "#ff0000": "words", "#00ff00": {"words": "tree", "bad": {"a": 1}}},
+        images={"map_png": "AAAA", "evil": "x"})
+    meta.update(created_ts="yesterday", size=5, model="m", seed="s", title=["t"], parameters={"p": 1})
+    sidecar.write_text(json.dumps(meta))
+    at.switch_page(PAGES["gallery"]).run()
+    at.button(key=f"gallery.view.{item}").click().run()
+    at.button(key="gallery.open").click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Scribble to Art"
+    state = at.session_state
+    assert state["scribble.steps"] == 3 and state["seed"] == 4 and state["scribble.prompt"] == "a boat on a lake"
+    assert "scribble.evil" not in state and state["scribble.job"] is None
+    assert state["scribble.rows"] == {"#00ff00": {"words": "tree"}}
+    assert state["scribble.drawing"]["objects"] == [] and state["scribble.bg"] is None

@@ -407,6 +407,20 @@ def test_panorama_with_an_uploaded_region_map(page, server, tmp_path: Path) -> N
     assert meta["page"] == "panorama" and meta["size"] == [2 * NATIVE, NATIVE]
     assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a white moon"]
 
+    # Upscale the result x2 with the bundled network: a new gallery entry, shown as the result
+    page.get_by_role("button", name="Upscale").first.click()
+    visible(page, "[class*='st-key-panorama-up-'][class*='-go'] button").click()
+    deadline = time.time() + 120
+    while newest_sidecar(outputs)["page"] != "upscale" and time.time() < deadline:
+        time.sleep(0.25)
+    page.wait_for_function(f"() => [...document.images].some(i => i.naturalWidth === {4 * NATIVE})",
+                           timeout=30_000)  # the page now shows the enlarged image as its result
+    wait_idle(page, settle=1.0)
+    shot(page, "upscaled")
+    big = newest_sidecar(outputs)
+    assert big["page"] == "upscale" and big["kind"] == "upscale" and big["size"] == [4 * NATIVE, 2 * NATIVE]
+    assert big["ui"]["upscale"]["source"] == meta["id"]
+
 
 def test_a_reloaded_page_picks_its_running_job_back_up(page, server) -> None:
     url, outputs = server
