@@ -304,15 +304,19 @@ def classifier_features(net: E.AttributeNet, images: np.ndarray, batch_size: int
     return np.concatenate(out).astype(np.float64)
 
 
-def stroke_settings() -> dict[str, dict[str, Any]]:
-    """Name -> stroke_request arguments of every point of the sweep."""
+def stroke_settings(tiny: bool = False) -> dict[str, dict[str, Any]]:
+    """Name -> stroke_request arguments of every point of the sweep (``tiny``: also GradOP+ fast
+    through the model's tiny decoder; "GradOP+ fast" is the linear latent -> RGB map)."""
     settings: dict[str, dict[str, Any]] = {"text-to-image": {}}
     for s in SDEDIT_STRENGTHS:
         settings[f"SDEdit {s:.1f}"] = {"method": "sdedit", "strength": s}
     for f in GRADOP_PLUS_FIDELITIES:
         settings[f"GradOP+ {f:.2f}"] = {"method": "gradop+", "fidelity": f}
     for f in FAST_FIDELITIES:
-        settings[f"GradOP+ fast {f:.2f}"] = {"method": "gradop+", "fidelity": f, "fast": True}
+        settings[f"GradOP+ fast {f:.2f}"] = {"method": "gradop+", "fidelity": f, "fast": True, "renderer": "linear"}
+        if tiny:
+            settings[f"GradOP+ fast tiny {f:.2f}"] = {"method": "gradop+", "fidelity": f, "fast": True,
+                                                      "renderer": "tiny"}
     settings["GradOP 0.50"] = {"method": "gradop", "fidelity": 0.5}
     return settings
 
@@ -322,8 +326,15 @@ def curve_of(name: str) -> str:
 
 
 def run_stroke(engine: Engine, count: int, steps: int, seed: int, net: E.AttributeNet, real: np.ndarray,
-               say: Say) -> dict[str, Any]:
-    settings = stroke_settings()
+               say: Say, only: set[str] | None = None) -> dict[str, Any]:
+    from core.tiny_decoder import tiny_decoder
+
+    settings = stroke_settings(tiny=tiny_decoder(engine.bundle)[0] is not None)
+    if only:
+        unknown = only - set(settings)
+        if unknown:
+            raise SystemExit(f"--stroke-settings: unknown {', '.join(sorted(unknown))}; known: {', '.join(settings)}")
+        settings = {k: v for k, v in settings.items() if k in only}
     images: dict[str, list[np.ndarray]] = {k: [] for k in settings}
     mse: dict[str, list[float]] = {k: [] for k in settings}
     styles: list[int] = []
@@ -376,10 +387,23 @@ def stroke_claims(rows: dict[str, dict[str, float]]) -> dict[str, Any]:
             if ours is not None:
                 compared.append({"sdedit": name, "faithfulness": r["faithfulness"], "sdedit_frechet": r["frechet"],
                                  "gradop_plus_frechet": ours, "gradop_plus_lower": ours < r["frechet"]})
+    both = "GradOP+ 1.00" in rows and "SDEdit 0.6" in rows
     return {"compared": compared,
             "below_sdedit": bool(compared) and all(c["gradop_plus_lower"] for c in compared),
             "fidelity1_as_faithful_as_sdedit06":
-                rows["GradOP+ 1.00"]["faithfulness"] <= rows["SDEdit 0.6"]["faithfulness"]}
+                rows["GradOP+ 1.00"]["faithfulness"] <= rows["SDEdit 0.6"]["faithfulness"] if both else None,
+            "tiny_decoder": tiny_decoder_claims(rows)}
+
+
+def tiny_decoder_claims(rows: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    """Issue 15's targets for GradOP+ fast through the tiny decoder at fidelity 0.5: at most 1.25x
+    the time of text-to-image, and faithfulness and Frechet distance within 10% of full GradOP+."""
+    fast, full, t2i = rows.get("GradOP+ fast tiny 0.50"), rows.get("GradOP+ 0.50"), rows.get("text-to-image")
+    if not (fast and full and t2i):
+        return None
+    return {"cost_vs_text_to_image": fast["seconds_per_image"] / t2i["seconds_per_image"],
+            "faithfulness_vs_gradop_plus": fast["faithfulness"] / full["faithfulness"],
+            "frechet_vs_gradop_plus": fast["frechet"] / full["frechet"]}
 
 
 def plot_stroke(rows: dict[str, dict[str, float]], path: Any, title: str) -> None:
@@ -406,6 +430,7 @@ def plot_stroke(rows: dict[str, dict[str, float]], path: Any, title: str) -> Non
     d.text((m, 10), title, fill="black")
     d.text((m, 26), "realism: Frechet distance to real held-out paintings, lower = more realistic", fill="black")
     colours = {"SDEdit": (200, 60, 40), "GradOP+": (40, 90, 200), "GradOP+ fast": (40, 160, 90),
+               "GradOP+ fast tiny": (230, 150, 20),
                "GradOP": (150, 60, 170), "text-to-image": (0, 0, 0)}
     legend_y = m + 8
     for curve, colour in colours.items():
@@ -489,9 +514,20 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{'GradOP+ lower' if cmp['gradop_plus_lower'] else 'GradOP+ NOT lower'}")
         if not c["compared"]:
             lines.append("- the GradOP+ curve reaches no SDEdit point's faithfulness: the curves do not overlap")
-        lines += ["", f"GradOP+ curve below SDEdit's: **{'met' if c['below_sdedit'] else 'not met'}**; fidelity 1.0 "
-                  f"at least as faithful as SDEdit 0.6: **{'met' if c['fidelity1_as_faithful_as_sdedit06'] else 'not met'}**.",
+        f1 = c["fidelity1_as_faithful_as_sdedit06"]
+        below = "n/a" if not any(curve_of(n) == "SDEdit" for n in rows) else "met" if c["below_sdedit"] else "not met"
+        lines += ["", f"GradOP+ curve below SDEdit's: **{below}**; fidelity 1.0 "
+                  f"at least as faithful as SDEdit 0.6: **{'n/a' if f1 is None else 'met' if f1 else 'not met'}**.",
                   ""]
+        tiny = c.get("tiny_decoder")
+        if tiny:
+            ok = (tiny["cost_vs_text_to_image"] <= 1.25, tiny["faithfulness_vs_gradop_plus"] <= 1.1,
+                  tiny["frechet_vs_gradop_plus"] <= 1.1)
+            lines += [f"GradOP+ fast through the tiny decoder (fidelity 0.5): {tiny['cost_vs_text_to_image']:.2f}x "
+                      f"the time of text-to-image (target at most 1.25x: **{'met' if ok[0] else 'not met'}**); "
+                      f"its faithfulness MSE {tiny['faithfulness_vs_gradop_plus']:.2f}x and Frechet distance "
+                      f"{tiny['frechet_vs_gradop_plus']:.2f}x full-decoder GradOP+'s (target within 10%: "
+                      f"**{'met' if ok[1] and ok[2] else 'not met'}**).", ""]
     if "panorama" in report:
         pano = report["panorama"]
         lines += ["## Panoramas: sliding against shifted windows", "",
@@ -538,6 +574,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--real-count", type=int, default=200, help="real held-out paintings for the distance")
     parser.add_argument("--name", default="quality")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stroke-settings", help="comma-separated stroke rows to run (default: the whole sweep), "
+                                                  "e.g. 'text-to-image,GradOP+ 0.50,GradOP+ fast tiny 0.50'")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not parts <= set(PARTS):
@@ -565,7 +603,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if "panorama" in parts:
             report["panorama"] = run_panorama(engine, args.panoramas, args.steps, args.seed, net, real, say)
         if "stroke" in parts:
-            stroke = run_stroke(engine, args.stroke_scenes, args.steps, args.seed, net, real, say)
+            only = {n.strip() for n in args.stroke_settings.split(",") if n.strip()} if args.stroke_settings else None
+            stroke = run_stroke(engine, args.stroke_scenes, args.steps, args.seed, net, real, say, only)
             stroke["claims"] = stroke_claims(stroke["rows"])
             report["stroke"] = stroke
         if "text" in parts:

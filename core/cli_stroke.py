@@ -17,7 +17,7 @@ from .errors import StudioError
 from .inputs import open_image, read_json_file
 from .region_map import load_prompt_table, regions_from_map
 from .requests import random_seed
-from .stroke_guidance import METHODS, WORDS_EXAMPLE, stroke_request, word_pairs
+from .stroke_guidance import METHODS, RENDERERS, WORDS_EXAMPLE, stroke_request, word_pairs
 
 
 def read_words(path: str | None) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
         strength=args.strength, iterative_steps=args.iterative_steps, grad_steps=args.grad_steps, lr=args.lr,
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
         refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
-        region_attention=args.region_attention,
+        region_attention=args.region_attention, renderer=args.renderer,
     )
     result = run_and_save(args, load_engine(args), request)
     result["warnings"] = notes + list(result.get("warnings", []))
@@ -63,7 +63,10 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     p.set_defaults(scheduler="ddim", default_steps=50)  # the reference's 50 DDIM steps
     p.add_argument("--strokes", required=True, help="scribble PNG; transparent pixels do not constrain the output")
     p.add_argument("--method", default="gradop+", choices=METHODS, help="default: gradop+")
-    p.add_argument("--fast", action="store_true", help="loss through the fitted latent->RGB map (no decoder)")
+    p.add_argument("--fast", action="store_true", help="loss through the model's tiny decoder or the fitted "
+                                                       "latent->RGB map (--renderer), never the full decoder")
+    p.add_argument("--renderer", choices=RENDERERS, default="auto",
+                   help="--fast: auto (the tiny decoder where the model has one, else linear), tiny, linear")
     p.add_argument("--fidelity", type=float, help="0 ignores the scribble, 1 follows it closely (0.5: reference)")
     p.add_argument("--strength", type=float, help="gradop+: guidance start; gradop: t0; sdedit: img2img strength")
     p.add_argument("--iterative-steps", type=int, help="gradop+: guided steps (default 3)")

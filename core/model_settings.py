@@ -2,9 +2,10 @@
 
 A model folder may hold ``studio.json``::
 
-    {"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5}}
+    {"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5, "fast_renderer": "linear"}}
 
-(every key optional). The CLI uses these values for flags left out, and the app for its
+(every key optional; ``fast_renderer`` is what GradOP+ fast uses when asked for "auto",
+for a model whose tiny decoder costs nearly as much as its VAE). The CLI uses these values for flags left out, and the app for its
 sliders' first values; what a person sets always wins. A model whose best guidance differs
 from SD's 7.5 (the bundled demo model paints some nights flat navy at 7.5) says so here.
 The file comes with the model, so it is validated like any other input.
@@ -30,8 +31,11 @@ class Recommended:
     guidance_scale: float | None = None  # classifier-free guidance w
     steps: int | None = None  # sampling steps
     fidelity: float | None = None  # stroke guidance's fidelity slider (0..1)
+    fast_renderer: str | None = None  # GradOP+ fast's renderer for renderer="auto": "linear" or "tiny"
 
     def __post_init__(self) -> None:
+        if self.fast_renderer is not None and self.fast_renderer not in ("linear", "tiny"):
+            raise StudioError(f"Recommended fast_renderer must be 'linear' or 'tiny', got {self.fast_renderer!r}.")
         if self.guidance_scale is not None:
             check_range("Recommended guidance_scale", self.guidance_scale, 0, 50)
         if self.steps is not None:

@@ -81,6 +81,7 @@ from .requests import (DEFAULT_MAX_PIXELS, GenerationRequest, check_flag, check_
 from .sampling import (EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, classifier_free_guidance,
                        denoise, step_kwargs)
 from .schedulers import canonical_scheduler_name, make_scheduler
+from .model_settings import read_recommended
 from .tiny_decoder import tiny_decoder, tiny_renderer
 from .vae_codec import require_multiple_of
 
@@ -104,6 +105,8 @@ def _alpha(image: Image.Image) -> np.ndarray:
 
 
 # --- the request -----------------------------------------------------------------------------------
+
+RENDERERS = ("linear", "tiny", "auto")  # fast mode's renderers (see StrokeRequest.renderer)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,9 @@ class StrokeRequest:
     blur_kernel: int = 35  # its kernel size at 512 px (odd)
     fast: bool = False  # loss through the fitted linear latent -> RGB map at latent resolution
     refine_steps: int = 0  # fast mode: true-decoder Adam steps at the end of the last optimisation
+    renderer: str = "linear"  # fast mode's renderer: "linear" (the fitted latent -> RGB map), "tiny" (the
+    # model's tiny decoder, core.tiny_decoder) or "auto" (tiny where the model has one; the result's request
+    # and recipe record which one ran, so a replay renders the same way)
     fidelity: float | None = None  # the slider value the parameters came from (informational)
     words: tuple[tuple[str, str], ...] = ()  # (colour '#rrggbb', phrase of the prompt) pairs
     word_weight: float = 0.4  # w of eDiff-I's bias w * log(1 + sigma_t) * max logit
@@ -187,6 +193,8 @@ class StrokeRequest:
         check_int("Refine steps", self.refine_steps, 0, 1000)
         check_range("Word weight", self.word_weight, 0, 10)
         check_flag("Fast", self.fast)
+        if self.renderer not in RENDERERS:
+            raise StudioError(f"Unknown renderer {show(self.renderer)}: use one of {', '.join(RENDERERS)}.")
         if self.fidelity is not None:
             check_range("Fidelity", self.fidelity, 0, 1)
 
@@ -662,18 +670,36 @@ def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, i
     decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request)
     if not request.fast:
         return decoder_loss, None, target
-    tiny, _ = tiny_decoder(bundle)
-    if tiny is not None:  # the model's tiny decoder: full resolution, ~1M parameters
+    if request.renderer == "tiny":  # the model's tiny decoder: full resolution, ~1M parameters
+        tiny, why = tiny_decoder(bundle)
+        if tiny is None:
+            raise StudioError(f"This model has no usable tiny decoder ({why or 'none found'}): use the linear "
+                              "renderer, or distil one with python -m training.tiny_decoder --model FOLDER.")
         fast_loss = painting_loss(tiny_renderer(tiny), target, request)
-    else:  # the fallback: the fitted linear map at latent resolution
+    else:  # the fitted linear map at latent resolution
         weight, bias = latent_rgb_map(bundle.vae)
         fast_loss = painting_loss(linear_renderer(weight, bias), target, request, bundle.vae_scale_factor)
     return fast_loss, (decoder_loss, request.refine_steps) if request.refine_steps else None, target
 
 
+def resolve_renderer(engine: Engine, request: StrokeRequest) -> StrokeRequest:
+    """``renderer="auto"`` made concrete (the request the result and its recipe carry): the
+    model folder's recommendation (``studio.json`` ``fast_renderer``) where it has one, else
+    "tiny" where the model has a checked tiny decoder, else "linear"."""
+    if request.renderer != "auto":
+        return request
+    bundle = engine.bundle
+    wanted = read_recommended(bundle.location).fast_renderer if bundle.source == "folder" else None
+    tiny = None
+    if request.fast and wanted != "linear":
+        tiny, _ = tiny_decoder(bundle)
+    return dataclasses.replace(request, renderer="tiny" if tiny is not None else "linear")
+
+
 @torch.no_grad()
 def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallback | None = None) -> StrokeResult:
     """Run a :class:`StrokeRequest` on ``engine`` (registered as the runner of kind 'stroke')."""
+    request = resolve_renderer(engine, request)
     if request.method == "sdedit":
         return _run_sdedit(engine, request, callback)
     timings: dict[str, float] = {}

@@ -69,6 +69,7 @@ def test_fast_mode_words_and_fidelity_replay_bit_exactly(tiny_model_dir: Path, f
     assert "Only 2 of 5 iterative steps fit" in capsys.readouterr().err
     recipe = read_recipe(first)["request"]
     assert recipe["fast"] is True and recipe["iterative_steps"] == 5 and recipe["fidelity"] == 0.8
+    assert recipe["renderer"] == "linear"  # --renderer auto, and the tiny model has no tiny decoder
     assert recipe["words"] == [["#a0a0a0", "castle"], ["#2850c8", "river"]]
     assert main(["replay", str(first), "--out", str(again), "--device", "cpu", "--quiet"]) == 0
     with Image.open(first) as a, Image.open(again) as b:
@@ -88,6 +89,7 @@ def test_fast_mode_words_and_fidelity_replay_bit_exactly(tiny_model_dir: Path, f
     ("whole", ("--iterative-steps", "101"), "Iterative steps must be between 0 and 100"),
     ("whole", ("--scheduler", "dpmpp_2m"), "--scheduler ddim"),
     ("whole", ("--method", "magic"), "invalid choice"),
+    ("whole", ("--fast", "--renderer", "tiny"), "This model has no usable tiny decoder"),
 ])
 def test_bad_input_exits_2_with_one_line(tiny_model_dir: Path, files: dict[str, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture, case: str, extra: tuple, message: str) -> None:

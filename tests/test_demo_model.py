@@ -47,7 +47,7 @@ def test_bundled_model_is_small_safetensors_only_and_the_default(monkeypatch: py
     files = [p for p in MODEL_DIR.rglob("*") if p.is_file()]
     assert (MODEL_DIR / "model_index.json").is_file()
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".pkl")]
-    assert {p.parent.name for p in weights} == {"unet", "vae", "text_encoder"}
+    assert {p.parent.name for p in weights} == {"unet", "vae", "text_encoder", "vae_tiny"}  # vae_tiny: previews
     assert all(p.suffix == ".safetensors" for p in weights)
     assert sum(p.stat().st_size for p in files) <= 60_000_000
     monkeypatch.delenv("STUDIO_MODELS_DIR", raising=False)

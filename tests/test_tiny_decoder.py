@@ -1,6 +1,8 @@
 """Tiny decoders (AutoencoderTiny / TAESD layout): distillation, the check on load, fast guidance and previews."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 from pathlib import Path
@@ -55,11 +57,16 @@ def test_fast_gradop_plus_and_previews_use_the_tiny_decoder(distilled: Path) -> 
     try:
         strokes = Image.new("RGB", (64, 64), "#e53935")
         previews = []
-        result = engine.run(StrokeRequest(prompt="a red sun", strokes=strokes, fast=True, steps=4, grad_steps=2,
-                                          seed=1), callback=lambda event: previews.append(event))
+        request = StrokeRequest(prompt="a red sun", strokes=strokes, fast=True, steps=4, grad_steps=2, seed=1,
+                                renderer="auto")
+        result = engine.run(request, callback=lambda event: previews.append(event))
+        assert result.losses and calls and all(shape[-1] == 8 for shape in calls)  # latents in, full size out
+        assert result.request.renderer == "tiny"  # what the recipe records: a replay renders the same way
+        calls.clear()
+        linear = engine.run(dataclasses.replace(request, renderer="linear"))  # old recipes: the field's default
+        assert not calls and not np.array_equal(np.asarray(linear.images[0]), np.asarray(result.images[0]))
     finally:
         tiny.decode = decode
-    assert result.losses and calls and all(shape[-1] == 8 for shape in calls)  # latents in, full size out
     preview = engine.preview(torch.zeros(1, 4, 8, 8))
     assert preview.size == (64, 64)  # full size, not the linear map's 4x latent size
 
@@ -96,3 +103,30 @@ def test_an_engine_without_a_tiny_decoder_keeps_the_linear_map(tiny_engine: Engi
     assert tiny_decoder(tiny_engine.bundle, shared=None) == (None, None)
     image = tiny_engine.preview(torch.zeros(1, 4, 8, 8))
     assert image.size == (32, 32) and np.asarray(image).dtype == np.uint8
+
+
+def test_without_a_tiny_decoder_auto_renders_linearly_and_tiny_is_refused(tiny_engine: Engine) -> None:
+    strokes = Image.new("RGB", (64, 64), "#e53935")
+    request = StrokeRequest(prompt="a red sun", strokes=strokes, fast=True, steps=4, grad_steps=2, seed=1,
+                            renderer="auto")
+    auto = tiny_engine.run(request)
+    linear = tiny_engine.run(dataclasses.replace(request, renderer="linear"))
+    assert auto.request.renderer == "linear" and np.array_equal(np.asarray(auto.images[0]), np.asarray(linear.images[0]))
+    with pytest.raises(StudioError, match="no usable tiny decoder") as info:
+        tiny_engine.run(dataclasses.replace(request, renderer="tiny"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(StudioError, match="Unknown renderer"):
+        dataclasses.replace(request, renderer="taesd")
+
+
+def test_a_model_can_recommend_the_linear_map_for_auto(distilled: Path, tmp_path: Path) -> None:
+    """The bundled model does (its tiny decoder costs nearly what its small VAE does; bench/results/tiny-decoder.md)."""
+    model = tmp_path / "model"
+    shutil.copytree(distilled, model)  # with its vae_tiny
+    (model / "studio.json").write_text('{"recommended": {"fast_renderer": "linear"}}')
+    engine = Engine.load(model=str(model), device="cpu")
+    request = StrokeRequest(prompt="a red sun", strokes=Image.new("RGB", (64, 64), "#e53935"), fast=True, steps=4,
+                            grad_steps=2, renderer="auto")
+    assert engine.run(request).request.renderer == "linear"
+    assert engine.run(dataclasses.replace(request, renderer="tiny")).request.renderer == "tiny"
+    assert tiny_decoder(engine.bundle, shared=None)[0] is not None  # previews still use it
