@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench.common import RESULTS, write_results
+from bench.common import RESULTS, psnr, write_results
 from core.engine import Engine
 from core.loading import LoadOptions
 from core.panorama import MultiDiffusionRequest
@@ -211,11 +210,6 @@ def region_map_image(item: RegionScene) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- the VAE
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
-
 
 def run_vae(engine: Engine, count: int, say: Say) -> dict[str, Any]:
     """Can the model's autoencoder carry the colours at all? Region colour accuracy (as above)

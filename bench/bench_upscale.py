@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import threading
 import time
 from pathlib import Path
@@ -27,16 +26,10 @@ from PIL import Image
 
 from core.upscale import resolve_upscaler, upscale
 
-from .common import write_results
+from .common import psnr, write_results
 
 QUALITY_SIZES = ((1024, 256), (512, 128))  # (high, low) sides of the held-out pairs
 COST_SIZES = ((1024, 1024), (2048, 2048), (4096, 1024))  # outputs
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from training.tiny_model import build_tiny_sd
 
@@ -38,3 +41,9 @@ def write_results(name: str, data: dict[str, Any], table: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(table + "\n")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (capped where they are equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))

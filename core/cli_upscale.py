@@ -14,8 +14,9 @@ from .cli import add_common, load_engine, run_and_save
 from .errors import StudioError
 from .inputs import open_image
 from .requests import random_seed
+from .panorama import WINDOW_MODES
 from .schedulers import SCHEDULER_NAMES
-from .tiled_refine import WINDOW_MODES, UpscaleRequest, source_prompts
+from .tiled_refine import UpscaleRequest, source_settings
 from .upscale import SCALES, UPSCALERS_DIR, available_upscalers, resolve_upscaler
 
 
@@ -32,8 +33,9 @@ def cmd_upscale(args: argparse.Namespace) -> dict[str, Any]:
     notes: list[str] = []
     prompt, negative, regions = args.prompt, args.negative, ()
     if prompt is None:  # the recipe's prompts travel with the image (and guide a redraw)
-        prompt, negative_from_recipe, regions, notes = source_prompts(args.image)
-        negative = negative if negative is not None else negative_from_recipe
+        found, notes = source_settings(args.image)
+        prompt, regions = found.get("prompt"), found.get("regions", ())
+        negative = negative if negative is not None else found.get("negative_prompt")
         notes = notes if args.refine > 0 else []
     request = UpscaleRequest(
         image=image, scale=args.scale, upscaler=upscaler_name(args.upscaler), refine=args.refine,

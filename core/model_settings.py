@@ -4,9 +4,9 @@ A model folder may hold ``studio.json``::
 
     {"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5, "fast_renderer": "linear"}}
 
-(every key optional; ``fast_renderer`` is what GradOP+ fast uses when asked for "auto",
-for a model whose tiny decoder costs nearly as much as its VAE). The CLI uses these values for flags left out, and the app for its
-sliders' first values; what a person sets always wins. A model whose best guidance differs
+(every key optional; ``fast_renderer`` is what GradOP+ fast uses when asked for "auto", for
+a model whose tiny decoder costs nearly as much as its VAE). The CLI uses these values for
+flags left out, and the app for its sliders' first values; what a person sets always wins. A model whose best guidance differs
 from SD's 7.5 (the bundled demo model paints some nights flat navy at 7.5) says so here.
 The file comes with the model, so it is validated like any other input.
 """

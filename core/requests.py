@@ -107,16 +107,15 @@ def check_pixels(width: int | None, height: int | None, max_pixels: Any) -> None
 
 
 def check_sampling(request: Any) -> None:
-    """The settings every generating request shares: prompts, steps, guidance, seed, images, strength
-    (where the request has one), scheduler (canonicalised here)."""
+    """The settings every generating request shares: prompts, steps, guidance, seed, images, strength,
+    scheduler (canonicalised here)."""
     check_text("The prompt", request.prompt)
     check_text("The negative prompt", request.negative_prompt)
     check_int("Steps", request.steps, 1, 1000)
     check_range("Guidance scale", request.guidance_scale, 0, 50)
     check_int("Seed", request.seed, 0, MAX_SEED)
     check_int("Number of images", request.num_images, 1, 16)
-    if hasattr(request, "strength"):
-        check_range("Strength", request.strength, 0, 1)
+    check_range("Strength", request.strength, 0, 1)
     object.__setattr__(request, "scheduler", canonical_scheduler_name(request.scheduler))
 
 

@@ -29,13 +29,9 @@ from .errors import StudioError
 from .panorama import MultiDiffusionRequest, run_multidiffusion
 from .recipe import read_recipe, register_request_kind, request_from_recipe
 from .region_map import MAX_REGIONS, Region
-from .requests import (DEFAULT_MAX_PIXELS, check_image, check_int, check_pixels, check_range, check_sampling,
-                       limit_field, show)
+from .requests import DEFAULT_MAX_PIXELS, check_image, check_int, check_pixels, check_range, limit_field, show
 from .sampling import ProgressCallback, ProgressEvent
 from .upscale import check_scale, resolve_upscaler, upscale
-
-WINDOW_MODES = ("sliding", "shifted")
-
 
 @dataclass(frozen=True)
 class UpscaleRequest:
@@ -68,23 +64,17 @@ class UpscaleRequest:
         if not isinstance(self.upscaler, str):
             raise StudioError(f"The upscaler must be a name or a path, got {show(self.upscaler)}.")
         check_range("Refine strength", self.refine, 0, 1)
-        check_sampling(self)
-        if not isinstance(self.regions, (list, tuple)) or any(not isinstance(r, Region) for r in self.regions):
-            raise StudioError("Regions must be a list of core.region_map.Region objects (mask + prompt).")
-        object.__setattr__(self, "regions", tuple(self.regions))
-        check_int("Region limit", self.max_regions, 1, 1024)
-        if self.window is not None:
-            check_int("Window", self.window, 8, 4096)
-        if self.stride is not None:
-            check_int("Stride", self.stride, 1, self.window or 4096)
-        if self.windows not in WINDOW_MODES:
-            raise StudioError(f"Unknown windows {show(self.windows)}: use 'sliding' or 'shifted'.")
         check_int("Tile", self.tile, 32, 4096)
         check_int("Overlap", self.overlap, 0, self.tile // 2 - 1)
         if self.num_images != 1 and self.refine == 0:
             raise StudioError("Without a redraw every copy would be the same image: ask for one, or refine.")
-        width, height = self.size
-        check_pixels(width, height, self.max_pixels)
+        if min(self.image.size) * self.scale < 8:
+            raise StudioError(f"{self.image.width}x{self.image.height} x{self.scale} is under 8 pixels on a side: "
+                              "use a larger image or factor.")
+        check_pixels(*self.size, self.max_pixels)
+        object.__setattr__(self, "regions", tuple(self.regions) if isinstance(self.regions, list) else self.regions)
+        redraw = self.redraw_request()  # prompts, sampling, regions and views are checked as the redraw's
+        object.__setattr__(self, "scheduler", redraw.scheduler)  # canonicalised there
 
     @property
     def kind(self) -> str:
@@ -100,29 +90,35 @@ class UpscaleRequest:
         """Every field but images, for recipes and logs."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image", "regions")}
 
-    def redraw_request(self, enlarged: Image.Image, native_latent: int) -> MultiDiffusionRequest:
-        """The MultiDiffusion img2img request of the redraw, over the enlarged image."""
+    def redraw_request(self, enlarged: Image.Image | None = None, native_latent: int | None = None
+                       ) -> MultiDiffusionRequest:
+        """The redraw as a MultiDiffusion img2img request over ``enlarged`` (None: only to check
+        the settings), in views of ``window`` or else ``native_latent`` latent pixels."""
         window = self.window or native_latent
-        width, height = self.size
+        half = max(1, window // 2) if isinstance(window, int) and not isinstance(window, bool) else None
+        w, h = self.image.width * self.scale, self.image.height * self.scale
         return MultiDiffusionRequest(
-            prompt=self.prompt, negative_prompt=self.negative_prompt, regions=self.regions, width=width,
-            height=height, window=window, stride=self.stride or max(1, window // 2), windows=self.windows,
-            steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed, scheduler=self.scheduler,
-            num_images=self.num_images, init_image=enlarged, strength=float(self.refine), tiled_decode=None,
-            max_regions=self.max_regions, max_pixels=self.max_pixels)
+            prompt=self.prompt, negative_prompt=self.negative_prompt, regions=self.regions, width=w - w % 8,
+            height=h - h % 8, window=window, stride=half if self.stride is None else self.stride,
+            windows=self.windows, steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
+            scheduler=self.scheduler, num_images=self.num_images, init_image=enlarged, strength=float(self.refine),
+            tiled_decode=None, max_regions=self.max_regions, max_pixels=self.max_pixels)
 
 
-def source_prompts(source: Any, hint: str = "Give one with --prompt.") -> tuple[str, str, tuple[Region, ...], list[str]]:
-    """(prompt, negative prompt, region prompts, notes) of an image's recipe, for its redraw.
+SOURCE_FIELDS = ("prompt", "negative_prompt", "regions", "steps", "guidance_scale", "seed", "scheduler")
 
-    ``source`` is a recipe (dict) or a PNG path; without a readable recipe the prompts are
-    empty and the one note says so."""
+
+def source_settings(source: Any, hint: str = "Give one with --prompt.") -> tuple[dict[str, Any], list[str]]:
+    """The :data:`SOURCE_FIELDS` an image's recipe has (its prompts, region prompts and sampling
+    settings, for its redraw), and notes. ``source`` is a recipe (dict) or a PNG path; without a
+    readable recipe the settings are empty and the one note says so."""
     try:
         request = request_from_recipe(source if isinstance(source, dict) else read_recipe(source))
     except StudioError as exc:
-        return "", "", (), [f"No prompt for the redraw: {exc} {hint}"]
-    regions = tuple(r for r in getattr(request, "regions", ()) or () if isinstance(r, Region))
-    return str(getattr(request, "prompt", "")), str(getattr(request, "negative_prompt", "")), regions, []
+        return {}, [f"No prompt for the redraw: {exc} {hint}"]
+    found = {name: getattr(request, name) for name in SOURCE_FIELDS if hasattr(request, name)}
+    found["regions"] = tuple(r for r in found.get("regions") or () if isinstance(r, Region))
+    return found, []
 
 
 def _sr_progress(callback: ProgressCallback | None) -> Any:

@@ -47,7 +47,7 @@ SCALES = (2, 3, 4, 8)
 MAX_FILE_BYTES = 2 << 30  # an upscaler file over 2 GiB is refused before it is read
 MAX_OUTPUT_PIXELS = 64 << 20  # 8192x8192: the default ceiling of an upscaled image
 Progress = Callable[[int, int], bool | None]  # (done tiles, all tiles) -> False/None to go on, True to stop
-_CACHE: dict[tuple[str, float, str, str], "Upscaler"] = {}
+_CACHE: dict[tuple[str, float, str], "Upscaler"] = {}
 _LOCK = threading.Lock()
 
 
@@ -162,7 +162,7 @@ def load_upscaler(path: Path, device: str | torch.device = "cpu") -> Upscaler:
     from safetensors.torch import load_file
 
     device = torch.device(device)
-    key = (str(path.resolve()), path.stat().st_mtime, str(device), "")
+    key = (str(path.resolve()), path.stat().st_mtime, str(device))
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -205,7 +205,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-def feather(length: int, start: int, tile: int, total: int, overlap: int) -> Tensor:
+def feather(start: int, tile: int, total: int, overlap: int) -> Tensor:
     """1-D weights of a tile [start, start+tile) of ``total`` that overlaps its neighbours by
     ``overlap``: zero on the ``overlap // 4`` pixels at each inner edge (where a network sees
     the tile's padding instead of the image), then rising linearly over ``overlap // 2``; no
@@ -219,7 +219,7 @@ def feather(length: int, start: int, tile: int, total: int, overlap: int) -> Ten
             w = torch.minimum(w, ((pos - margin) / ramp).clamp(min=0))
         if start + tile < total:
             w = torch.minimum(w, ((tile - pos - margin) / ramp).clamp(min=0))
-    return w[:length]
+    return w
 
 
 def tiled(fn: Callable[[Tensor], Tensor], x: Tensor, scale: int, tile: int, overlap: int,
@@ -231,10 +231,10 @@ def tiled(fn: Callable[[Tensor], Tensor], x: Tensor, scale: int, tile: int, over
     out = torch.zeros(1, c, h * scale, w * scale)
     weight = torch.zeros(1, 1, h * scale, w * scale)
     total, done = len(ys) * len(xs), 0
+    columns = [feather(x0 * scale, tw * scale, w * scale, overlap * scale) for x0 in xs]
     for y in ys:
-        wy = feather(th * scale, y * scale, th * scale, h * scale, overlap * scale)
-        for x0 in xs:
-            wx = feather(tw * scale, x0 * scale, tw * scale, w * scale, overlap * scale)
+        wy = feather(y * scale, th * scale, h * scale, overlap * scale)
+        for x0, wx in zip(xs, columns):
             part = fn(x[:, :, y:y + th, x0:x0 + tw])
             if part.shape[-2:] != (th * scale, tw * scale):
                 raise StudioError(f"The upscaler gave {part.shape[-1]}x{part.shape[-2]} for a "

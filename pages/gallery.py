@@ -62,8 +62,9 @@ if selected is not None:
             shared.progress_panel(PAGE)
             shared.show_message(PAGE)
             shared.upscale_button(PAGE, selected, shared.current_engine())
-            if (selected.ui.get("page") or selected.page) in PAGE_FILES and st.button("Open in editor", type="primary", icon=":material/edit:",
-                                                         key=f"{PAGE}.open", width="stretch"):
+            editor = selected.ui.get("page") or selected.page  # an upscaled image reopens its source's editor
+            if editor in PAGE_FILES and st.button("Open in editor", type="primary", icon=":material/edit:",
+                                                  key=f"{PAGE}.open", width="stretch"):
                 target = restore(selected)
                 if target:
                     st.switch_page(target)

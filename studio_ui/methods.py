@@ -16,7 +16,7 @@ from core.panorama import MultiDiffusionRequest
 from core.region_map import Region, regions_from_map
 from core.requests import GenerationRequest
 from core.stroke_guidance import stroke_request
-from core.tiled_refine import UpscaleRequest, source_prompts
+from core.tiled_refine import UpscaleRequest, source_settings
 from core.upscale import BUNDLED, available_upscalers
 
 SCRIBBLE_METHODS = ("GradOP+", "GradOP+ fast", "GradOP", "SDEdit")
@@ -184,26 +184,13 @@ UPSCALER_LABELS = {BUNDLED: "Studio Compact x4 (bundled)", "bicubic": "Bicubic (
                    "lanczos": "Lanczos (no network)"}
 
 
-def upscaler_choices() -> list[str]:
-    """The bundled network first, then the other files in pretrained_models/upscalers, then resamplers."""
-    return available_upscalers()
-
-
 def upscale_request(image: Image.Image, recipe: dict[str, Any] | None, *, scale: int, upscaler: str,
                     refine: float) -> tuple[UpscaleRequest, list[str]]:
-    """Upscale a gallery image (x ``scale``; ``refine`` > 0 redraws it with its own recipe's
-    prompts, steps, guidance and seed). Returns the request and notes for the person."""
-    if upscaler not in upscaler_choices():
+    """Upscale a gallery image (x ``scale``; ``refine`` > 0 redraws it). The image's own prompts,
+    region prompts and sampling settings travel with it (they guide this redraw, and a later
+    one of the enlarged image). Returns the request and notes for the person."""
+    if upscaler not in available_upscalers():
         raise StudioError(f"Unknown upscaler {upscaler!r}: pick one of the list.")
-    # the image's own prompts and sampling settings travel with it (a later redraw of the
-    # enlarged image uses them), and guide this one's redraw when refine > 0
-    prompt, negative, regions, notes = source_prompts(recipe or {}, "It is redrawn without a prompt.")
-    settings: dict[str, Any] = dict(prompt=prompt, negative_prompt=negative, regions=regions)
-    source = recipe.get("request") if isinstance(recipe, dict) and not notes else None
-    for key in ("steps", "guidance_scale", "seed", "scheduler"):
-        if isinstance(source, dict) and key in source:
-            settings[key] = source[key]  # checked by UpscaleRequest like any other value
-    notes = notes if refine > 0 else []
-    request = UpscaleRequest(image=image, scale=scale, upscaler=upscaler,
-                             refine=float(refine), **settings)
-    return request, notes
+    settings, notes = source_settings(recipe or {}, "It is redrawn without a prompt.")
+    request = UpscaleRequest(image=image, scale=scale, upscaler=upscaler, refine=float(refine), **settings)
+    return request, notes if refine > 0 else []

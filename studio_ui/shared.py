@@ -23,11 +23,12 @@ from core.errors import StudioError
 from core.inputs import open_image
 from core.loading import HOW_TO_GET_WEIGHTS, LoadOptions, available_models, default_model, models_dir
 from core.model_settings import Recommended, recommended_for
+from core.upscale import available_upscalers
 from core.requests import MAX_SEED, random_seed
 
 from .gallery import GalleryItem, GalleryStore, outputs_dir
 from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
-from .methods import UPSCALE_FACTORS, UPSCALER_LABELS, upscale_request, upscaler_choices
+from .methods import UPSCALE_FACTORS, UPSCALER_LABELS, upscale_request
 from .restore import restore_ui
 from .site import PAGE_TITLES
 
@@ -457,7 +458,7 @@ def upscale_button(page: str, item: GalleryItem, engine: Engine | None) -> None:
     key = f"{page}.up.{item.id}"
     with st.popover("Upscale", icon=":material/zoom_out_map:", width="stretch",
                     disabled=engine is None or active_job(page) is not None):
-        choices = upscaler_choices()
+        choices = available_upscalers()
         init_state({f"{key}.scale": 2, f"{key}.upscaler": choices[0], f"{key}.refine": 0.0})
         if ss[f"{key}.upscaler"] not in choices:
             ss[f"{key}.upscaler"] = choices[0]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -22,9 +21,6 @@ from training.tiny_model import build_tiny_sd
 from analytic import C, analytic_model, constants_table, ddim
 
 VALUES = [[0.5, -0.2, 0.1, 0.9]]
-
-
-SKIP_SLOW = pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="slow: set RUN_SLOW=1")
 
 
 def diffusers_views(height: int, width: int, window: int = 64, stride: int = 8) -> list[tuple[int, int, int, int]]:
@@ -142,7 +138,6 @@ def test_equals_diffusers_panorama_pipeline_at_the_tiny_models_scale(no_clip_eng
 
 
 @pytest.mark.slow
-@SKIP_SLOW
 def test_equals_diffusers_panorama_pipeline_with_its_default_views(no_clip_engine: Engine) -> None:
     """diffusers' own window 64 / stride 8 (512 px high, 576 wide: two views)."""
     check_equal_to_diffusers(no_clip_engine, width=576, height=512, window=64, stride=8, steps=2)

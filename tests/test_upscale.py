@@ -130,7 +130,7 @@ def test_tiles_cover_every_pixel_with_the_overlap_asked() -> None:
             assert all(b - a <= min(tile, length) - overlap for a, b in zip(starts, starts[1:]))
             total = torch.zeros(length)
             for s in starts:
-                total[s:s + min(tile, length)] += feather(min(tile, length), s, min(tile, length), length, overlap)
+                total[s:s + min(tile, length)] += feather(s, min(tile, length), length, overlap)
             assert bool((total > 0).all()), (length, tile, overlap)
 
 
@@ -183,7 +183,7 @@ def test_a_redraw_covers_the_canvas_in_native_views_and_replays_bit_exactly(tiny
     request = UpscaleRequest(image=image, scale=4, upscaler="bicubic", refine=0.5, prompt="a red sun", steps=4,
                              seed=3)
     assert request.size == (144, 80)
-    redraw = request.redraw_request(image, 8)
+    redraw = request.redraw_request(image, native_latent=8)
     assert (redraw.window, redraw.stride, redraw.strength, redraw.init_image) == (8, 4, 0.5, image)
     events: list[str] = []
     result = tiny_engine.run(request, lambda e: events.append(e.stage))
@@ -292,7 +292,8 @@ def test_upscale_command_errors_are_one_line(tiny_model_dir, tmp_path, capsys) -
 
 
 def test_psnr_and_ssim_rank_a_copy_above_a_blur_above_noise() -> None:
-    from bench.bench_upscale import psnr, quality_table, ssim
+    from bench.bench_upscale import quality_table, ssim
+    from bench.common import psnr
 
     image = np.asarray(picture((64, 64)).resize((128, 128), Image.Resampling.NEAREST))
     blurred = np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BOX).resize((128, 128)))
@@ -306,7 +307,8 @@ def test_psnr_and_ssim_rank_a_copy_above_a_blur_above_noise() -> None:
 
 def test_the_bundled_upscaler_beats_bicubic_and_its_tiles_do_not_show() -> None:
     """Meaning, on held-out paintings the network never saw (the bench measures 24 of each size)."""
-    from bench.bench_upscale import heldout_pairs, psnr
+    from bench.bench_upscale import heldout_pairs
+    from bench.common import psnr
 
     if not (UPSCALERS_DIR / f"{BUNDLED}.safetensors").is_file():
         pytest.skip("no bundled upscaler in this checkout")
