@@ -1,17 +1,27 @@
 """Prompt -> text embeddings, as diffusers' StableDiffusionPipeline.encode_prompt does."""
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import Tensor
+
+SHARED_CACHE_SIZE = 64  # prompts kept per text encoder across requests (live mode re-sends the same ones)
+_SHARED: "weakref.WeakKeyDictionary[Any, OrderedDict[tuple[Any, ...], tuple[Tensor, str | None]]]" = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
 
 
 class PromptEncoder:
     """Encodes prompts for one request, each distinct text once.
 
     Prompts longer than the tokenizer's limit are truncated (as SD was trained) and a
-    warning names the dropped words, so nothing is cut silently.
+    warning names the dropped words, so nothing is cut silently. Encodings are also kept
+    across requests, per text encoder (the newest SHARED_CACHE_SIZE prompts): a live preview
+    that changes only the drawing does not run the text encoder again. Every request gets
+    its own copy, so nothing a request does to its embeddings reaches another.
     """
 
     def __init__(self, tokenizer: Any, text_encoder: Any, device: torch.device) -> None:
@@ -22,8 +32,34 @@ class PromptEncoder:
     def __call__(self, text: str) -> Tensor:
         """(1, seq, dim) embeddings of ``text``."""
         if text not in self._cache:
-            self._cache[text] = self._encode(text)
+            self._cache[text] = self._shared(text)
         return self._cache[text]
+
+    def _weights_key(self) -> tuple[Any, ...]:
+        """What the encoding depends on besides the text: the tokenizer, and the weights'
+        device, dtype and version (in-place changes such as training steps bump it)."""
+        params = list(self.text_encoder.parameters())
+        first = params[0] if params else None
+        return (id(self.tokenizer), str(self.device), getattr(first, "dtype", None), getattr(first, "device", None),
+                sum(p._version for p in params))
+
+    def _shared(self, text: str) -> Tensor:
+        key = (text, self._weights_key())
+        with _SHARED_LOCK:
+            cache = _SHARED.setdefault(self.text_encoder, OrderedDict())
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+        if hit is None:
+            warnings_before = len(self.warnings)
+            hit = (self._encode(text), self.warnings[-1] if len(self.warnings) > warnings_before else None)
+            with _SHARED_LOCK:
+                cache[key] = hit
+                while len(cache) > SHARED_CACHE_SIZE:
+                    cache.popitem(last=False)
+        elif hit[1] is not None:
+            self.warnings.append(hit[1])
+        return hit[0].clone()
 
     def _encode(self, text: str) -> Tensor:
         tok = self.tokenizer

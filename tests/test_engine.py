@@ -179,3 +179,33 @@ def test_long_prompt_warns_with_dropped_words(tiny_engine: Engine) -> None:
     long = " ".join(["mountains"] * 80) + " zebra"
     result = tiny_engine.generate(request(prompt=long, steps=1))
     assert any("zebra" in w and "dropped" in w for w in result.warnings)
+
+
+def test_prompt_encodings_are_kept_across_requests(tiny_engine: Engine) -> None:
+    """Live mode re-sends the same prompt with every stroke: the text encoder runs once per
+    prompt, a kept encoding is a copy (a request cannot change the next one's), the warning
+    of a truncated prompt comes back with it, and new weights encode afresh."""
+    from core.prompts import PromptEncoder
+
+    bundle = tiny_engine.bundle
+    calls = []
+    hook = bundle.text_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        text, long = "a cached prompt about a lighthouse", " ".join(["word"] * 80) + " zebra"
+        first = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
+        a = first(text)
+        first(long)
+        assert len(calls) == 2
+        a.mul_(0)  # one request scribbles on its embeddings
+        second = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
+        b = second(text)
+        second(long)
+        assert len(calls) == 2 and b.abs().sum() > 0
+        assert len(second.warnings) == 1 and "zebra" in second.warnings[0]
+        weight = next(bundle.text_encoder.parameters())
+        with torch.no_grad():
+            weight.add_(0.0)  # an in-place change of the weights (same values, new version)
+        PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)(text)
+        assert len(calls) == 3
+    finally:
+        hook.remove()
