@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .engine import Engine, GenerationResult
@@ -40,6 +41,19 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
+def lora_flag(text: str) -> tuple[str, float | None]:
+    """``--lora FILE[:SCALE]`` -> (FILE, SCALE or None); the scale is what follows the last ':'
+    after a file name with a suffix (so ``C:\\loras\\x.safetensors`` is a file)."""
+    head, sep, tail = text.rpartition(":")
+    if not sep or not Path(head).suffix or any(c in tail for c in "/\\"):
+        return text, None
+    try:
+        return head, float(tail)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the scale after ':' in {text!r} must be a number from 0 to 4, "
+                                         "e.g. FILE.safetensors:0.8") from None
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Model, device and output-format flags shared by every command."""
     parser.add_argument("--model", help="folder, name under pretrained_models/, hub id, or .safetensors file "
@@ -50,6 +64,10 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-slicing", action="store_true", help="lower memory in attention")
     parser.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
     parser.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU between uses (GPU only)")
+    parser.add_argument("--lora", type=lora_flag, metavar="FILE[:SCALE]",
+                        help="a LoRA .safetensors file fused into the model at SCALE 0..4 (default 1), e.g. an "
+                             "LCM-LoRA with --scheduler lcm --steps 4 --cfg 1.5 (default: the model's "
+                             "recommendation, else none; replay: the recipe's, found where it was)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print a JSON summary (with timings) on stdout")
 
@@ -66,7 +84,8 @@ def add_generation(parser: argparse.ArgumentParser, size_default_help: str, prom
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the "
                         f"model's recommendation, else {DEFAULT_CFG})")
     parser.add_argument("--seed", type=int, help="default: random (saved in the recipe)")
-    parser.add_argument("--scheduler", default="default", help=f"one of {', '.join(SCHEDULER_NAMES)}")
+    parser.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULER_NAMES)} (default: the "
+                        "model's recommendation, else its own)")
     parser.add_argument("--num-images", type=int, default=1, help="variations; image i uses seed + i")
     parser.add_argument("--out", required=True, help="output .png (several images: OUT-1.png, OUT-2.png, ...)")
 
@@ -82,12 +101,18 @@ def apply_recommended(args: argparse.Namespace) -> None:
         args.cfg = rec.get("guidance_scale", DEFAULT_CFG)
     if hasattr(args, "fidelity") and args.fidelity is None and rec.fidelity is not None:
         args.fidelity = rec.fidelity
+    if getattr(args, "scheduler", "") is None:
+        args.scheduler = rec.get("scheduler", getattr(args, "default_scheduler", "default"))
+    if getattr(args, "lora", "") is None and rec.lora is not None:  # a LoRA named in the folder's studio.json
+        args.lora = (rec.lora, rec.lora_scale)
 
 
 def load_options(args: argparse.Namespace, model: str | None = None) -> LoadOptions:
+    lora, scale = args.lora or (None, None)
     return LoadOptions(model=model or args.model, device=args.device, dtype=args.dtype,
                        attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling,
-                       cpu_offload=args.cpu_offload, config=args.config)
+                       cpu_offload=args.cpu_offload, config=args.config, lora=lora,
+                       lora_scale=1.0 if scale is None else scale)
 
 
 def progress_bar(args: argparse.Namespace) -> tuple[Callable[[ProgressEvent], None], Callable[[], None]]:

@@ -60,7 +60,7 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     """Add the ``stroke`` command (called by core.cli.build_parser)."""
     p = subparsers.add_parser("stroke", help="scribble + text to image (GradOP+, GradOP, SDEdit)")
     add_generation(p, "the scribble's size")
-    p.set_defaults(scheduler="ddim", default_steps=50)  # the reference's 50 DDIM steps
+    p.set_defaults(default_scheduler="ddim", default_steps=50)  # the reference's 50 DDIM steps
     p.add_argument("--strokes", required=True, help="scribble PNG; transparent pixels do not constrain the output")
     p.add_argument("--method", default="gradop+", choices=METHODS, help="default: gradop+")
     p.add_argument("--fast", action="store_true", help="loss through the model's tiny decoder or the fitted "

@@ -63,7 +63,8 @@ def register(sub: Any, commands: dict[str, Callable[[argparse.Namespace], dict[s
     p.add_argument("--steps", type=int, default=None, help="full schedule; the redraw runs steps x refine")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, help="default: random (saved in the recipe)")
-    p.add_argument("--scheduler", default="default", help=f"one of {', '.join(SCHEDULER_NAMES)}")
+    p.add_argument("--scheduler", help=f"one of {', '.join(SCHEDULER_NAMES)} (default: the model's "
+                                       "recommendation, else its own)")
     p.add_argument("--window", type=int, help="redraw view in latent pixels (default: the model's native size)")
     p.add_argument("--stride", type=int, help="redraw view stride in latent pixels (default: half the window)")
     p.add_argument("--windows", choices=WINDOW_MODES, default="sliding",

@@ -5,7 +5,14 @@ A model folder may hold ``studio.json``::
     {"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5, "fast_renderer": "linear"}}
 
 (every key optional; ``fast_renderer`` is what GradOP+ fast uses when asked for "auto", for
-a model whose tiny decoder costs nearly as much as its VAE). The CLI uses these values for
+a model whose tiny decoder costs nearly as much as its VAE). A folder used with an LCM-LoRA
+recommends it with the settings it needs, the LoRA named relative to the folder::
+
+    {"recommended": {"scheduler": "lcm", "steps": 4, "guidance_scale": 1.5,
+                     "lora": "lcm_lora/pytorch_lora_weights.safetensors"}}
+
+A LoRA file in the folder is never loaded for being there, only when recommended here or
+asked for (``--lora``). The CLI uses these values for
 flags left out, and the app for its sliders' first values; what a person sets always wins. A model whose best guidance differs
 from SD's 7.5 (the bundled demo model paints some nights flat navy at 7.5) says so here.
 The file comes with the model, so it is validated like any other input.
@@ -18,7 +25,8 @@ from typing import Any
 
 from .errors import StudioError
 from .inputs import read_json_file
-from .requests import check_int, check_range
+from .requests import check_int, check_range, check_text
+from .schedulers import canonical_scheduler_name
 
 SETTINGS_FILE = "studio.json"
 EXAMPLE = '{"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5}}'
@@ -32,8 +40,16 @@ class Recommended:
     steps: int | None = None  # sampling steps
     fidelity: float | None = None  # stroke guidance's fidelity slider (0..1)
     fast_renderer: str | None = None  # GradOP+ fast's renderer for renderer="auto": "linear" or "tiny"
+    scheduler: str | None = None  # e.g. "lcm" for a model used with an LCM-LoRA
+    lora: str | None = None  # a LoRA file in the folder (read_recommended makes the path absolute)
+    lora_scale: float | None = None  # that LoRA's scale (None: 1)
 
     def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
+        check_text("Recommended lora", self.lora, optional=True)
+        if self.lora_scale is not None:
+            check_range("Recommended lora_scale", self.lora_scale, 0, 4)
         if self.fast_renderer is not None and self.fast_renderer not in ("linear", "tiny"):
             raise StudioError(f"Recommended fast_renderer must be 'linear' or 'tiny', got {self.fast_renderer!r}.")
         if self.guidance_scale is not None:
@@ -62,6 +78,12 @@ def read_recommended(folder: str | Path) -> Recommended:
     if unknown:
         raise StudioError(f"Model settings file {path}: unknown setting(s) {', '.join(unknown)}; "
                           f"use {', '.join(sorted(known))}.")
+    lora = values.get("lora")
+    if isinstance(lora, str):  # relative to the folder, and inside it
+        if Path(lora).is_absolute() or ".." in Path(lora).parts:
+            raise StudioError(f"Model settings file {path}: lora must name a file inside the model folder, relative "
+                              f"to it (e.g. \"lcm_lora/pytorch_lora_weights.safetensors\"), got {lora!r:.60}.")
+        values = {**values, "lora": str(Path(folder).resolve() / lora)}
     try:
         return Recommended(**values)
     except StudioError as exc:

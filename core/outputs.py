@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,20 @@ from PIL import Image
 
 from .engine import Engine, GenerationResult
 from .errors import StudioError
-from .loading import LoadOptions, ModelBundle
+from .loading import LoadOptions, ModelBundle, lora_sha256, resolve_lora
 from .recipe import make_recipe, parameters_text, read_recipe, recipe_index, request_from_recipe, save_png
+from .requests import is_number, show
 from .sampling import ProgressCallback
 from .schedulers import sampler_label
 
 
-def model_record(bundle: ModelBundle) -> dict[str, str]:
-    return {"name": bundle.name, "location": bundle.location, "source": bundle.source}
+def model_record(bundle: ModelBundle) -> dict[str, Any]:
+    """What a recipe records of the model: where it came from, and the LoRA fused into it (if any:
+    file name, location, SHA-256 prefix and scale, so a replay can check it has the same one)."""
+    record: dict[str, Any] = {"name": bundle.name, "location": bundle.location, "source": bundle.source}
+    if bundle.lora is not None:
+        record["lora"] = bundle.lora.record()
+    return record
 
 
 def parameters_for(result: GenerationResult, bundle: ModelBundle, index: int) -> str:
@@ -31,6 +38,8 @@ def parameters_for(result: GenerationResult, bundle: ModelBundle, index: int) ->
         "Seed": result.seeds[index],
         "Size": f"{image.width}x{image.height}",
         "Model": bundle.name,
+        "Lora hashes": f'"{Path(bundle.lora.file).stem}: {bundle.lora.sha256}"' if bundle.lora else None,
+        "Lora scale": f"{bundle.lora.scale:g}" if bundle.lora else None,
         "Denoising strength": req.strength if getattr(req, "init_image", None) is not None else None,
         "Method": req.kind,
     }
@@ -89,16 +98,45 @@ def save_result(result: GenerationResult, bundle: ModelBundle, out: str | Path) 
 
 
 def replay_options(recipe: dict[str, Any], base: LoadOptions) -> LoadOptions:
-    """Load options for a recipe's model: its saved location if present, else its name."""
-    if base.model:
-        return base
+    """Load options for a recipe's model: its saved location if present, else its name; with the
+    LoRA it ran with (see :func:`replay_lora`)."""
     model = recipe.get("model", {})
-    if not (isinstance(model, dict) and all(isinstance(model.get(k, ""), str) for k in ("name", "location", "source"))):
-        raise StudioError("The recipe's model record is damaged (name, location and source must be text): "
-                          "choose the model with --model.")
-    location = model.get("location")
-    spec = location if location and Path(location).exists() else model.get("name") if model.get("source") != "hub" else location
-    return LoadOptions(**{**base.__dict__, "model": spec})
+    if not base.model:
+        if not (isinstance(model, dict)
+                and all(isinstance(model.get(k, ""), str) for k in ("name", "location", "source"))):
+            raise StudioError("The recipe's model record is damaged (name, location and source must be text): "
+                              "choose the model with --model.")
+        location = model.get("location")
+        spec = location if location and Path(location).exists() else model.get("name") if model.get("source") != "hub" else location
+        base = LoadOptions(**{**base.__dict__, "model": spec})
+    return replay_lora(model.get("lora") if isinstance(model, dict) else None, base)
+
+
+def replay_lora(record: Any, options: LoadOptions) -> LoadOptions:
+    """``options`` with the recipe's LoRA at its scale: the file at its saved location, or the one
+    ``options`` names (a moved file). Its SHA-256 must match, checked before any model loads: an
+    image made with a LoRA is not remade without it, nor with another."""
+    if record is None:
+        if options.lora:
+            raise StudioError("The recipe was made without a LoRA: replay it without --lora.")
+        return options
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("file", "location", "sha256"))
+            and is_number(record.get("scale"))):
+        raise StudioError("The recipe's LoRA record is damaged (file, location, sha256 and scale): the recipe was "
+                          "edited, it cannot be replayed.")
+    file, sha, scale = record["file"], record["sha256"], record["scale"]
+    made = f"LoRA {show(file)} (sha256 {show(sha)}) at scale {show(scale)}"
+    if options.lora and options.lora_scale != scale:
+        raise StudioError(f"The recipe was made with {made}: give --lora FILE:{show(scale)}.")
+    location = options.lora or record["location"]
+    if not options.lora and not Path(location).is_file():
+        raise StudioError(f"The recipe was made with {made}, which is no longer at {location}: give its file with "
+                          "--lora FILE.")
+    path = resolve_lora(location)
+    if lora_sha256(path) != sha:
+        raise StudioError(f"LoRA {path} (sha256 {lora_sha256(path)}) is not the one the recipe was made with "
+                          f"({made}): give that file with --lora FILE.")
+    return replace(options, lora=str(path), lora_scale=float(scale))
 
 
 def replay(path: str | Path, base: LoadOptions | None = None,
