@@ -7,7 +7,7 @@ from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
 from core.colors import region_label_image
-from studio_ui.methods import region_request
+from studio_ui.methods import LIVE_STEPS, live_region_settings, region_request
 from studio_ui.site import PAGE_SETTINGS
 from studio_ui.restore import canvas_state, ui_state
 
@@ -24,7 +24,7 @@ shared.init_state({
     f"{PAGE}.background": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.source": "paint",
     f"{PAGE}.variations": 1, f"{PAGE}.size": "Landscape 3:2",
     f"{PAGE}.multiplier": 1, f"{PAGE}.circular": False, f"{PAGE}.keep_colours": False, f"{PAGE}.fidelity": 0.5,
-    f"{PAGE}.mode": "fusion", f"{PAGE}.shifted": False,
+    f"{PAGE}.mode": "fusion", f"{PAGE}.shifted": False, f"{PAGE}.live": False, f"{PAGE}.live_steps": LIVE_STEPS,
 })
 
 st.title("Region Painter", anchor=False)
@@ -37,7 +37,7 @@ shared.keep_valid(PAGE, {
     "background": ("", None), "negative": ("", None), "source": ("paint", SOURCES), "variations": (1, (1, 8)),
     "size": ("Square", sizes), "multiplier": (1, (1, 4)), "circular": (False, None), "keep_colours": (False, None),
     "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), "mode": ("fusion", MODES),
-    "shifted": (False, None), **widgets.BRUSH_RULES})
+    "shifted": (False, None), "live": (False, None), "live_steps": (LIVE_STEPS, (4, 20)), **widgets.BRUSH_RULES})
 
 top_left, top_right = st.columns([3, 2])
 top_left.text_area("Background prompt", key=f"{PAGE}.background", height=80, persist_state="session",
@@ -108,6 +108,9 @@ with left:
                 st.toggle("Fast windows (SpotDiffusion)", key=f"{PAGE}.shifted", persist_state="session",
                           help="Panoramas: non-overlapping windows that move at every step instead of "
                                "overlapping ones; several times faster on wide canvases.")
+            if ss[f"{PAGE}.live"]:
+                st.slider("Live preview steps", 4, 20, key=f"{PAGE}.live_steps", persist_state="session",
+                          help="Fewer: quicker previews while you paint. Render full quality uses Steps.")
 
 with right:
     st.subheader("Regions", anchor=False)
@@ -115,19 +118,29 @@ with right:
     out_w, out_h = width * int(ss[f"{PAGE}.multiplier"]), height
     st.caption(f"Output: {out_w}×{out_h} px")
 
+    settings = widgets.region_settings(
+        PAGE, rows, background_key="background", width=width, height=height,
+        window=shared.native_latent(engine) if engine is not None else 64,
+        width_multiplier=int(ss[f"{PAGE}.multiplier"]),
+        circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1,
+        keep_colours=bool(ss[f"{PAGE}.keep_colours"]), fidelity=float(ss[f"{PAGE}.fidelity"]),
+        attention=ss[f"{PAGE}.mode"] == "attention",
+        shifted=bool(ss[f"{PAGE}.shifted"]) and ss[f"{PAGE}.multiplier"] > 1)
+
+    def request_for(chosen):
+        if region_map is None:
+            raise StudioError("Paint some regions or upload a region map first.")
+        return region_request(chosen, widgets.cleaned_map(PAGE, region_map))
+
+    if shared.live_toggle(PAGE):
+        live = live_region_settings(settings, int(ss[f"{PAGE}.live_steps"]))
+        shared.live_preview(PAGE, engine, lambda: request_for(live),
+                            shared.live_signature(None if region_map is None else png_bytes(region_map), live))
+
     busy = shared.active_job(PAGE) is not None
     if shared.generate_button(PAGE, engine):
-        settings = widgets.region_settings(
-            PAGE, rows, background_key="background", width=width, height=height,
-            window=shared.native_latent(engine), width_multiplier=int(ss[f"{PAGE}.multiplier"]),
-            circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1,
-            keep_colours=bool(ss[f"{PAGE}.keep_colours"]), fidelity=float(ss[f"{PAGE}.fidelity"]),
-            attention=ss[f"{PAGE}.mode"] == "attention",
-            shifted=bool(ss[f"{PAGE}.shifted"]) and ss[f"{PAGE}.multiplier"] > 1)
         try:
-            if region_map is None:
-                raise StudioError("Paint some regions or upload a region map first.")
-            request = region_request(settings, widgets.cleaned_map(PAGE, region_map))
+            request = request_for(settings)
         except StudioError as exc:
             ss[f"{PAGE}.message"] = ("error", str(exc))
         else:
@@ -145,5 +158,6 @@ with right:
         st.subheader("Results", anchor=False)
         shared.show_results(PAGE, columns=1 if ss[f"{PAGE}.multiplier"] > 1 else 2)
     elif not busy and not ss.get(f"{PAGE}.message"):
-        st.info("Paint regions, give each colour a prompt in the table and press **Generate**.",
+        button = "Render full quality" if ss.get(f"{PAGE}.live") else "Generate"
+        st.info(f"Paint regions, give each colour a prompt in the table and press **{button}**.",
                 icon=":material/lightbulb:")

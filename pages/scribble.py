@@ -5,7 +5,8 @@ import streamlit as st
 from core.errors import StudioError
 from studio_ui import shared, widgets
 from studio_ui.canvas import b64, canvas_size, png_bytes
-from studio_ui.methods import METHOD_HELP, SCRIBBLE_METHODS, ScribbleSettings, missing_region_words, scribble_request
+from studio_ui.methods import (LIVE_STEPS, METHOD_HELP, SCRIBBLE_METHODS, ScribbleSettings, live_scribble_settings,
+                               missing_region_words, scribble_request)
 from studio_ui.site import PAGE_SETTINGS
 from studio_ui.restore import canvas_state, ui_state
 
@@ -22,11 +23,13 @@ shared.init_state({
     f"{PAGE}.prompt": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.method": methods[0],
     f"{PAGE}.variations": 1,
     f"{PAGE}.size": "Square", f"{PAGE}.name_regions": False, f"{PAGE}.free_background": True,
+    f"{PAGE}.live": False, f"{PAGE}.live_steps": LIVE_STEPS,
 })
 shared.keep_valid(PAGE, {
     "prompt": ("", None), "negative": ("", None), "method": (methods[0], methods), "variations": (1, (1, 8)),
     "size": ("Square", widgets.aspect_sizes(8)), "name_regions": (False, None), "free_background": (True, None),
-    "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), **widgets.BRUSH_RULES})
+    "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), "live": (False, None),
+    "live_steps": (LIVE_STEPS, (4, 20)), **widgets.BRUSH_RULES})
 
 st.title("Scribble to Art", anchor=False)
 st.caption("Draw rough coloured shapes, say what they are, and get a picture that keeps your colours and layout.")
@@ -98,16 +101,24 @@ with right:
         st.slider("Steps", 1, 100, key=f"{PAGE}.steps", persist_state="session")
         st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session",
                   help="How strongly the prompt is followed.")
+        if ss[f"{PAGE}.live"]:
+            st.slider("Live preview steps", 4, 20, key=f"{PAGE}.live_steps", persist_state="session",
+                      help="Fewer: quicker previews while you draw. Render full quality uses Steps.")
+
+    blank = widgets.canvas_is_blank(PAGE)
+    settings = ScribbleSettings(
+        prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"], steps=int(ss[f"{PAGE}.steps"]),
+        guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
+        fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
+        width=width, height=height, region_words=region_words, region_prompts=region_prompts,
+        free_background=bool(ss[f"{PAGE}.free_background"]), scheduler=shared.recommended().scheduler)
+    if shared.live_toggle(PAGE):
+        live = live_scribble_settings(settings, int(ss[f"{PAGE}.live_steps"]))
+        shared.live_preview(PAGE, engine, lambda: scribble_request(live, None if blank else scribble),
+                            shared.live_signature(blank or png_bytes(scribble), live))
 
     busy = shared.active_job(PAGE) is not None
     if shared.generate_button(PAGE, engine):
-        blank = widgets.canvas_is_blank(PAGE)
-        settings = ScribbleSettings(
-            prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"], steps=int(ss[f"{PAGE}.steps"]),
-            guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
-            fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
-            width=width, height=height, region_words=region_words, region_prompts=region_prompts,
-            free_background=bool(ss[f"{PAGE}.free_background"]))
         try:
             request = scribble_request(settings, None if blank else scribble)
         except StudioError as exc:
@@ -137,5 +148,6 @@ with right:
         st.subheader("Results", anchor=False)
         shared.show_results(PAGE, actions)
     elif not busy and not ss.get(f"{PAGE}.message"):
-        st.info("Draw on the canvas, type a prompt and press **Generate**. Results appear here.",
+        button = "Render full quality" if ss.get(f"{PAGE}.live") else "Generate"
+        st.info(f"Draw on the canvas, type a prompt and press **{button}**. Results appear here.",
                 icon=":material/lightbulb:")

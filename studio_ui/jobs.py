@@ -1,5 +1,11 @@
 """One worker thread runs every session's requests, one at a time, in arrival order.
 
+Live previews (``live=True``) follow two rules that keep them from getting in anyone's way:
+a newer preview from the same session and page replaces the older one (queued: dropped;
+running: cancelled at its next step), and full renders are served before any waiting
+preview. So each session and page has at most one preview queued or running, and a full
+render waits for at most one preview, the one already running when it arrives.
+
 The app shares one :class:`JobQueue` across sessions (``st.cache_resource``). A page
 submits a job and polls it: its place in the queue, steps done, a live preview, and the
 result or a message. Cancel sets a flag that the engine's progress callback reads
@@ -9,7 +15,6 @@ worker catches everything and moves on. No streamlit here, so it is unit-testabl
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -65,7 +70,9 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
-    preview_every: float = 0.3  # seconds between live previews (each costs a small decode)
+    finished_event: threading.Event = field(default_factory=threading.Event, repr=False)  # set once done
+    preview_every: float = 0.3  # seconds between progress previews (each costs a small decode)
+    live: bool = False  # a live-mode preview: replaced by the session's next one, served after full renders
     _last_preview: float = field(default=0.0, repr=False)
 
     @property
@@ -85,7 +92,7 @@ class Job:
         self.step, self.total = int(getattr(event, "step", 0)), int(getattr(event, "total", 0))
         preview = getattr(event, "preview", None)
         now = time.monotonic()
-        if callable(preview) and (now - self._last_preview >= self.preview_every or self.step >= self.total):
+        if callable(preview) and not self.live and (now - self._last_preview >= self.preview_every or self.step >= self.total):
             self._last_preview = now
             try:
                 self.preview = preview()
@@ -98,28 +105,34 @@ class JobQueue:
     """A FIFO of jobs served by one daemon worker thread (started on first submit)."""
 
     def __init__(self, keep_finished: int = 200, keep_context: int = 20) -> None:
-        self._queue: "queue.Queue[Job]" = queue.Queue()
         self._jobs: dict[str, Job] = {}
         self._waiting: list[str] = []  # ids of queued jobs, in order
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # notified when a job is queued
         self._thread: threading.Thread | None = None
         self._keep_finished, self._keep_context = keep_finished, keep_context
         self.current: Job | None = None
 
-    def submit(self, session: str, label: str, work: Work, *, page: str = "", context: Any = None) -> Job:
+    def submit(self, session: str, label: str, work: Work, *, page: str = "", context: Any = None,
+               live: bool = False) -> Job:
         """Queue ``work``. The id is random (a page puts it in its address, so it must not be
         guessable); ``context`` is kept until the job is done and for the newest
-        ``keep_context`` finished jobs that have no result (failed or cancelled)."""
+        ``keep_context`` finished jobs that have no result (failed or cancelled). A ``live``
+        job replaces the same session and page's unfinished live job (see the module's rules)."""
         with self._lock:
             job = Job(id=uuid.uuid4().hex[:16], session=session, label=label, work=work, page=page,
-                      context=context)
+                      context=context, live=live)
+            if live:
+                for old in self._jobs.values():
+                    if old.live and not old.done and old.session == session and old.page == page:
+                        self._drop(old)
             self._jobs[job.id] = job
             self._waiting.append(job.id)
             self._prune()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="studio-worker", daemon=True)
                 self._thread.start()
-        self._queue.put(job)
+            self._wake.notify()
         return job
 
     def get(self, job_id: str | None) -> Job | None:
@@ -128,9 +141,14 @@ class JobQueue:
     def position(self, job: Job) -> int:
         """0 while running (or done); k: k jobs are ahead of this one (the running one included)."""
         with self._lock:
-            if job.id not in self._waiting:
+            order = self._order()
+            if job.id not in order:
                 return 0
-            return self._waiting.index(job.id) + (1 if self.current is not None else 0)
+            return order.index(job.id) + (1 if self.current is not None else 0)
+
+    def _order(self) -> list[str]:
+        """Waiting ids in the order they will run: full renders first, then live previews."""
+        return sorted(self._waiting, key=lambda job_id: self._jobs[job_id].live)  # stable: arrival order within
 
     def pending(self) -> int:
         """Jobs waiting or running, all sessions."""
@@ -141,17 +159,20 @@ class JobQueue:
         job = self.get(job_id)
         if job is None:
             return
-        job.cancel()
         with self._lock:
-            if job.id in self._waiting:  # never started: finish it now, the worker will skip it
-                self._waiting.remove(job.id)
-                job.status, job.finished = CANCELLED, time.time()
+            self._drop(job)
+
+    def _drop(self, job: Job) -> None:
+        """Cancel ``job`` (lock held): a waiting one ends now, a running one at its next step."""
+        job.cancel()
+        if job.id in self._waiting:  # never started: finish it now, the worker will skip it
+            self._waiting.remove(job.id)
+            job.status, job.finished = CANCELLED, time.time()
+            job.finished_event.set()
 
     def wait(self, job: Job, timeout: float = 60.0) -> Job:
         """Block until ``job`` is finished (tests and scripts)."""
-        end = time.time() + timeout
-        while not job.done and time.time() < end:
-            time.sleep(0.02)
+        job.finished_event.wait(timeout)
         return job
 
     def _prune(self) -> None:
@@ -163,10 +184,10 @@ class JobQueue:
 
     def _serve(self) -> None:
         while True:
-            job = self._queue.get()
-            with self._lock:
-                if job.status == CANCELLED or job.id not in self._waiting:
-                    continue
+            with self._wake:
+                while not self._waiting:
+                    self._wake.wait()
+                job = self._jobs[self._order()[0]]
                 self._waiting.remove(job.id)
                 self.current = job
                 job.status, job.started = RUNNING, time.time()
@@ -189,6 +210,7 @@ class JobQueue:
                     job.context = None  # the result carries it from now on
                 with self._lock:
                     self.current = None
+                job.finished_event.set()
 
 
 def _free_gpu_memory() -> None:

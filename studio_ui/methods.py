@@ -3,7 +3,7 @@ knows which request class serves which method. No streamlit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,19 @@ class ScribbleSettings:
     region_words: dict[str, str] = field(default_factory=dict)  # colour hex -> words of the prompt
     region_prompts: dict[str, str] = field(default_factory=dict)  # colour hex -> the colour's own prompt
     free_background: bool = True  # unpainted (white) canvas is left to the model, not kept white
+    region_attention: bool = False  # own prompts per colour in one UNet pass instead of MultiDiffusion's fusion
+    scheduler: str | None = None  # None: the method's default; the model folder may recommend one (e.g. lcm)
+
+
+LIVE_STEPS = 6  # a live preview's default steps (the pages' "Live preview steps" slider)
+
+
+def live_scribble_settings(s: ScribbleSettings, steps: int = LIVE_STEPS) -> ScribbleSettings:
+    """A live preview of ``s`` on the fast path: the same prompt, seed, size and fidelity (so
+    only the drawing changes the picture), GradOP+ fast (SDEdit stays SDEdit), one image,
+    ``steps`` steps, own prompts per colour in one pass."""
+    return replace(s, method="SDEdit" if s.method == "SDEdit" else "GradOP+ fast", steps=steps, num_images=1,
+                   region_attention=True)
 
 
 def strokes_image(scribble: Image.Image, free_background: bool) -> Image.Image:
@@ -64,6 +77,8 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
         raise StudioError("Type a prompt first: describe the picture you want (e.g. 'a lighthouse at dusk').")
     common = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, width=s.width, height=s.height, steps=s.steps,
                   guidance_scale=s.guidance_scale, seed=s.seed, num_images=s.num_images)
+    if s.scheduler is not None:
+        common["scheduler"] = s.scheduler
     if scribble is None:
         return GenerationRequest(**common)
     method, fast = STROKE_METHODS[s.method]
@@ -73,7 +88,7 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
         regions = tuple(found)
     return stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
                           fidelity=s.fidelity, words=dict(s.region_words), fast=fast, regions=regions,
-                          renderer="auto", **{k: v for k, v in common.items() if k != "prompt"})
+                          renderer="auto", region_attention=s.region_attention or None, **{k: v for k, v in common.items() if k != "prompt"})
 
 
 def missing_region_words(tokenizer: Any, prompt: str, words: list[str]) -> list[str]:
@@ -109,6 +124,14 @@ class RegionSettings:
     window: int = 64  # MultiDiffusion view size in latent pixels: the model's native latent size
     shifted: bool = False  # panoramas: SpotDiffusion's shifted non-overlapping windows (faster) instead of sliding
     attention: bool = False  # regions in one UNet pass (regional cross-attention) instead of MultiDiffusion's fusion
+    fast: bool = False  # keep_colours: GradOP+ fast (live previews)
+    scheduler: str | None = None  # None: the method's default; the model folder may recommend one (e.g. lcm)
+
+
+def live_region_settings(s: RegionSettings, steps: int = LIVE_STEPS) -> RegionSettings:
+    """A live preview of ``s``: one image in ``steps`` steps, regions in one pass, shifted
+    windows for panoramas, GradOP+ fast for kept colours; the same prompts, seed and size."""
+    return replace(s, steps=steps, num_images=1, attention=True, shifted=s.width_multiplier > 1, fast=True)
 
 
 def region_masks(region_map: Image.Image, specs: list[RegionSpec], size: tuple[int, int]) -> list[tuple[RegionSpec, Image.Image]]:
@@ -151,7 +174,8 @@ def multidiffusion_request(s: RegionSettings, region_map: Image.Image | None, ki
         prompt=prompt, negative_prompt=s.negative_prompt, regions=tuple(regions), kind=kind, width=width,
         height=height, circular=s.circular, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
         num_images=s.num_images, window=s.window, stride=max(1, s.window // 8),
-        windows="shifted" if s.shifted else "sliding", attention=s.attention)
+        windows="shifted" if s.shifted else "sliding", attention=s.attention,
+        **({} if s.scheduler is None else {"scheduler": s.scheduler}))
 
 
 def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
@@ -169,7 +193,8 @@ def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
     return stroke_request(fusion.prompt, free_white(region_map.convert("RGB").resize(size, Image.NEAREST)),
                           method="gradop+", fidelity=s.fidelity, negative_prompt=s.negative_prompt, width=size[0],
                           height=size[1], steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
-                          num_images=s.num_images, regions=fusion.regions, region_attention=s.attention)
+                          num_images=s.num_images, regions=fusion.regions, region_attention=s.attention,
+                          fast=s.fast or None, renderer="auto" if s.fast else None, scheduler=s.scheduler)
 
 
 def panorama_request(s: RegionSettings, region_map: Image.Image | None) -> Any:

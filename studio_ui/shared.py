@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import math
 import random
+import time
 import uuid
 from typing import Any, Callable, Iterator
 
@@ -21,11 +23,13 @@ import streamlit as st
 from core.engine import Engine
 from core.errors import StudioError
 from core.inputs import open_image
+from core.latent_rgb import latent_rgb_map
 from core.loading import HOW_TO_GET_WEIGHTS, LoadOptions, available_models, default_model, models_dir
 from core.model_settings import Recommended, recommended_for
 from core.upscale import available_upscalers
 from core.requests import MAX_SEED, random_seed
 
+from .canvas import png_bytes
 from .gallery import GalleryItem, GalleryStore, outputs_dir
 from .jobs import CANCELLED, DONE, FAILED, JobQueue, describe_error
 from .methods import UPSCALE_FACTORS, UPSCALER_LABELS, upscale_request
@@ -45,9 +49,12 @@ JOB_PARAM = "job"  # the address's query parameter naming the page's latest job
 
 @st.cache_resource(show_spinner="Loading the model (once per model, shared by everyone)…", max_entries=4)
 def _load_engine(model: str | None, device: str | None, dtype: str | None, attention_slicing: bool,
-                 vae_tiling: bool, cpu_offload: bool) -> Engine:
-    return Engine.load(LoadOptions(model=model, device=device, dtype=dtype, attention_slicing=attention_slicing,
-                                   vae_tiling=vae_tiling, cpu_offload=cpu_offload))
+                 vae_tiling: bool, cpu_offload: bool, lora: str | None = None, lora_scale: float = 1.0) -> Engine:
+    engine = Engine.load(LoadOptions(model=model, device=device, dtype=dtype, attention_slicing=attention_slicing,
+                                     vae_tiling=vae_tiling, cpu_offload=cpu_offload, lora=lora,
+                                     lora_scale=lora_scale))
+    latent_rgb_map(engine.bundle.vae)  # fitted now, once: progress previews and the first live preview need it
+    return engine
 
 
 @st.cache_resource
@@ -190,7 +197,7 @@ def current_engine() -> Engine | None:
         return None
     try:
         return _load_engine(options.model, options.device, options.dtype, options.attention_slicing,
-                            options.vae_tiling, options.cpu_offload)
+                            options.vae_tiling, options.cpu_offload, options.lora, options.lora_scale)
     except StudioError as exc:
         ss["_engine_error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - show a message, never a traceback
@@ -260,6 +267,21 @@ def _device_choices() -> list[str]:
     return choices
 
 
+def _options(model: str) -> LoadOptions:
+    """The sidebar's LoadOptions; the LoRA is the one typed, else the model's recommended one
+    (a missing or broken LoRA file is reported when the engine loads, as one message)."""
+    lora, scale = ss["sb.lora"].strip() or None, float(ss["sb.lora_scale"])
+    if lora is None:
+        try:
+            rec = recommended_for(model)
+        except StudioError:
+            rec = Recommended()
+        lora, scale = rec.lora, rec.get("lora_scale", 1.0)
+    return LoadOptions(model=model, device=ss["sb.device"], dtype=ss["sb.dtype"],
+                       attention_slicing=ss["sb.attention_slicing"], vae_tiling=ss["sb.vae_tiling"],
+                       cpu_offload=ss["sb.cpu_offload"], lora=lora, lora_scale=scale)
+
+
 def sidebar() -> None:
     """Model picker, device and precision, low-memory switches, seed; loads the engine."""
     names = available_models()
@@ -268,7 +290,8 @@ def sidebar() -> None:
     except StudioError:
         default = OTHER_MODEL
     init_state({"sb.model": default, "sb.model_path": "", "sb.device": "auto", "sb.dtype": "auto",
-                "sb.attention_slicing": False, "sb.vae_tiling": False, "sb.cpu_offload": False,
+                "sb.attention_slicing": False, "sb.vae_tiling": False, "sb.cpu_offload": False, "sb.lora": "",
+                "sb.lora_scale": 1.0,
                 "seed": random.randint(0, 99999)})
     if ss["sb.model"] not in names + [OTHER_MODEL]:
         ss["sb.model"] = default
@@ -290,9 +313,12 @@ def sidebar() -> None:
             bound(st.toggle, "Attention slicing", "sb.attention_slicing", help="lower peak memory, a little slower")
             bound(st.toggle, "VAE tiling", "sb.vae_tiling", help="decode large images and panoramas tile by tile")
             bound(st.toggle, "CPU offload", "sb.cpu_offload", help="keep models on the CPU between uses (CUDA only)")
-        ss["_load_options"] = None if model is None else LoadOptions(
-            model=model, device=ss["sb.device"], dtype=ss["sb.dtype"], attention_slicing=ss["sb.attention_slicing"],
-            vae_tiling=ss["sb.vae_tiling"], cpu_offload=ss["sb.cpu_offload"])
+            bound(st.text_input, "LoRA (optional)", "sb.lora", placeholder="pretrained_models/lora/x.safetensors",
+                  help="A LoRA .safetensors file fused into the model, e.g. an LCM-LoRA for few-step sampling "
+                       "(the model folder's studio.json may recommend one; this field wins).")
+            if ss["sb.lora"].strip():
+                bound(st.number_input, "LoRA strength", "sb.lora_scale", min_value=0.0, max_value=4.0, step=0.1)
+        ss["_load_options"] = None if model is None else _options(model)
         engine = current_engine()
         if engine is not None:
             info = engine.info()
@@ -354,9 +380,11 @@ def pick_up_job(page: str) -> None:
 
 
 def generate_button(page: str, engine: Any) -> bool:
-    """The page's Generate button, disabled while its job runs or without a model."""
+    """The page's Generate button (Render full quality in live mode), disabled while its job
+    runs or without a model."""
     busy = active_job(page) is not None
-    return st.button("Generating…" if busy else "Generate", type="primary", icon=":material/auto_awesome:",
+    label = "Render full quality" if ss.get(f"{page}.live") else "Generate"
+    return st.button("Generating…" if busy else label, type="primary", icon=":material/auto_awesome:",
                      disabled=busy or engine is None, width="stretch", key=f"{page}.generate")
 
 
@@ -416,7 +444,7 @@ def _progress_fragment(page: str) -> None:
         else:
             st.progress(0.0, text="Starting…")
         if job.preview is not None:
-            st.image(job.preview, caption="Live preview", width=256)
+            st.image(job.preview, caption="Work in progress", width=256)
         st.button("Cancel", icon=":material/stop_circle:", key=f"{page}.cancel", on_click=_cancel,
                   args=(job.id,), help="Stop this request; nothing is saved.")
 
@@ -425,6 +453,106 @@ def progress_panel(page: str) -> None:
     """Queue place, progress bar, live preview and Cancel, refreshed without blocking."""
     if active_job(page) is not None:
         _progress_fragment(page)
+
+
+# --- live mode --------------------------------------------------------------------------------
+
+def live_toggle(page: str) -> bool:
+    """The page's Live switch; turning it off drops the pending preview and the last one."""
+    st.toggle("Live preview", key=f"{page}.live", persist_state="session", on_change=_live_switched, args=(page,),
+              help="The picture follows your drawing: after each stroke (or change of prompt) a quick preview is "
+                   "made with the same seed on the fast path. Render full quality makes the final picture with "
+                   "the method and steps you chose.")
+    return bool(ss.get(f"{page}.live"))
+
+
+def _live_switched(page: str) -> None:
+    if not ss.get(f"{page}.live"):
+        job_id = ss.pop(f"{page}.live_job", None)
+        if job_id:
+            get_queue().cancel(job_id)
+        for key in ("live_sig", "live_image", "live_seconds", "live_note"):
+            ss.pop(f"{page}.{key}", None)
+
+
+def live_signature(*parts: Any) -> str:
+    """A short digest of what a live preview depends on (image bytes and settings' reprs)."""
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def live_preview(page: str, engine: Engine | None, build: Callable[[], Any], signature: str) -> None:
+    """Live mode: when ``signature`` (the drawing and settings) changed since the last
+    preview, queue a new one from ``build()`` (it replaces this page's pending one, see
+    studio_ui.jobs), then show the newest finished preview, refreshed without a rerun of
+    the page. Previews are not saved to the gallery."""
+    if engine is None:
+        return
+    if signature != ss.get(f"{page}.live_sig"):
+        ss[f"{page}.live_sig"] = signature
+        try:
+            request = build()
+        except StudioError as exc:
+            ss[f"{page}.live_note"] = str(exc)
+            old = ss.pop(f"{page}.live_job", None)
+            if old:
+                get_queue().cancel(old)
+        else:
+            ss[f"{page}.live_note"] = None
+
+            def work(progress: Callable[[Any], bool]) -> dict[str, Any]:
+                start = time.perf_counter()
+                result = engine.run(request, progress)
+                seconds = time.perf_counter() - start
+                return {"png": png_bytes(result.images[0]), "seconds": seconds, "warnings": list(result.warnings)}
+
+            label = PAGE_TITLES.get(page, page)
+            ss[f"{page}.live_job"] = get_queue().submit(session_id(), f"{label}: live preview", work, page=page,
+                                                        live=True).id
+    ss["_live_inline"] = True  # in the page's own run the panel does not wait: the rest of the page is drawn
+    try:
+        _live_fragment(page)
+    finally:
+        ss["_live_inline"] = False
+
+
+LIVE_POLL, LIVE_WAIT = 0.5, 0.35  # seconds: the panel's refresh, and how long a refresh waits for the preview
+
+
+@st.fragment(run_every=LIVE_POLL)
+def _live_fragment(page: str) -> None:
+    """The live panel. Refreshing it often slows the preview down (each refresh is a run of
+    the fragment on the server: at every 0.1 s the preview took twice as long), so it refreshes
+    every LIVE_POLL seconds and, while a preview is being made, waits up to LIVE_WAIT for it
+    (asleep, not polling): a new preview shows within milliseconds of being ready most of
+    the time. A stroke made meanwhile is handled after that wait, its drawing never blocked."""
+    job = get_queue().get(ss.get(f"{page}.live_job"))
+    if job is not None and not job.done and not ss.get("_live_inline"):
+        job.finished_event.wait(LIVE_WAIT)
+    if job is not None and job.done:
+        if job.status == DONE:
+            ss[f"{page}.live_image"], ss[f"{page}.live_seconds"] = job.result["png"], job.result["seconds"]
+            ss[f"{page}.live_note"] = " ".join(job.result["warnings"]) or None
+        elif job.status == FAILED:
+            ss[f"{page}.live_note"] = job.error
+        ss[f"{page}.live_job"] = None
+        job = None
+    with st.container(border=True, key=f"{page}-live-panel"):
+        image, note = ss.get(f"{page}.live_image"), ss.get(f"{page}.live_note")
+        if job is not None:
+            status = ":material/autorenew: Updating the preview…"
+        elif image is not None:
+            status = f":material/bolt: Live preview · {ss.get(f'{page}.live_seconds', 0):.1f} s"
+        else:
+            status = "Draw on the canvas: the preview follows your strokes."
+        st.caption(status)
+        if image is not None:
+            st.image(image, width="stretch")
+        if note:
+            st.caption(f":material/info: {note}")
 
 
 # --- results ----------------------------------------------------------------------------------

@@ -323,9 +323,13 @@ def cleaned_map(page: str, image: Image.Image) -> Image.Image:
 
 def region_settings(page: str, rows: list[dict[str, Any]], *, background_key: str, width: int, height: int,
                     window: int, **extra: Any) -> RegionSettings:
-    """The Regions or Panorama page's settings from its widgets' state and its prompt table."""
+    """The Regions or Panorama page's settings from its widgets' state and its prompt table
+    (and the model's recommended scheduler, if its folder names one)."""
+    from .shared import recommended
+
     return RegionSettings(
         background_prompt=ss[f"{page}.{background_key}"], negative_prompt=ss[f"{page}.negative"],
         regions=[RegionSpec(r["color"], r["prompt"], r["negative"], r["seed"]) for r in rows],
         steps=int(ss[f"{page}.steps"]), guidance_scale=float(ss[f"{page}.guidance"]), seed=int(ss["seed"]),
-        num_images=int(ss[f"{page}.variations"]), width=width, height=height, window=window, **extra)
+        num_images=int(ss[f"{page}.variations"]), width=width, height=height, window=window,
+        scheduler=recommended().scheduler, **extra)

@@ -3,12 +3,14 @@ progress, the gallery round trip, state that survives page switches, and the sha
 job queue (one worker; a failure or cancel in one session leaves the others working)."""
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.errors import StudioError
@@ -319,6 +321,43 @@ def test_failures_and_cancels_stay_in_their_session() -> None:
     assert fine.status == DONE and fine.result == "ok"
 
 
+def test_a_newer_live_preview_replaces_the_older_one_of_its_session_and_page() -> None:
+    queue, gate = JobQueue(), threading.Event()
+    running = queue.submit("a", "preview 1", steps_work(500, "1", gate), page="scribble", live=True)
+    time.sleep(0.05)
+    queued = queue.submit("a", "preview 2", steps_work(2, "2"), page="scribble", live=True)
+    other_page = queue.submit("a", "regions preview", steps_work(2, "r"), page="regions", live=True)
+    other_session = queue.submit("b", "b's preview", steps_work(2, "b"), page="scribble", live=True)
+    newest = queue.submit("a", "preview 3", steps_work(2, "3"), page="scribble", live=True)
+    assert queued.status == CANCELLED  # dropped without running
+    gate.set()
+    for job in (running, other_page, other_session, newest):
+        queue.wait(job, 10)
+    assert running.status == CANCELLED and running.step < 500  # the running one stopped at its next step
+    assert [j.result for j in (other_page, other_session, newest)] == ["r", "b", "3"]
+
+
+def test_a_full_render_waits_for_at_most_the_one_running_preview() -> None:
+    """The queue's rule: one session's live previews never delay another's full render by
+    more than one preview, however many previews that session sends while the render waits."""
+    queue, gate = JobQueue(), threading.Event()
+    first = queue.submit("a", "preview 0", steps_work(3, "p0", gate), page="scribble", live=True)
+    time.sleep(0.05)
+    render = queue.submit("b", "full render", steps_work(3, "full"), page="scribble")
+    assert queue.position(render) == 1
+    previews = [queue.submit("a", f"preview {i}", steps_work(3, f"p{i}"), page="scribble", live=True)
+                for i in range(1, 6)]
+    assert queue.position(render) == 1 and queue.position(previews[-1]) == 2
+    gate.set()  # the newest preview cancelled the running one; the render still goes first
+    for job in (render, *previews):
+        queue.wait(job, 10)
+    assert render.status == DONE and previews[-1].status == DONE
+    assert render.finished <= previews[-1].started
+    ran_before = [j for j in (first, *previews) if j.started is not None and j.started < render.started]
+    assert len(ran_before) <= 1 and ran_before == [first]
+    assert all(p.status == CANCELLED for p in previews[:-1])
+
+
 def test_error_messages_say_how_to_fix() -> None:
     assert describe_error(MemoryError()) == OOM_HELP
     assert "Details are in the server log" in describe_error(KeyError("x"))
@@ -444,6 +483,68 @@ def test_scribble_colours_can_carry_their_own_prompts(studio: Path) -> None:
     assert any("do not combine" in e.value for e in at.error)  # one clear line, nothing queued
 
 
+def wait_for_live(at: AppTest, page: str, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        at.run()
+        assert not at.exception, at.exception
+        if not at.session_state[f"{page}.live_job"]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the {page} live preview did not finish in {timeout} s")
+
+
+def test_live_mode_previews_each_change_of_the_drawing_on_the_fast_path(studio: Path) -> None:
+    from studio_ui.methods import ScribbleSettings, live_scribble_settings
+
+    live = live_scribble_settings(ScribbleSettings("p", method="GradOP+", steps=50, num_images=4), 6)
+    assert (live.method, live.steps, live.num_images, live.region_attention) == ("GradOP+ fast", 6, 1, True)
+    assert live_scribble_settings(ScribbleSettings("p", method="SDEdit")).method == "SDEdit"
+
+    at = open_page("scribble", **{"scribble.steps": 30, "seed": 5, "scribble.live": True, "scribble.live_steps": 4})
+    assert at.button(key="scribble.generate").label == "Render full quality"
+    assert any("Type a prompt first" in c.value for c in at.caption)  # the panel says what is missing
+    at.text_area(key="scribble.prompt").set_value("a red sun over a green field").run()
+    draw(at, "scribble", DRAWING)
+    first = at.session_state["scribble.live_job"]
+    assert first
+    wait_for_live(at, "scribble")
+    assert Image.open(io.BytesIO(at.session_state["scribble.live_image"])).size == (64, 64)  # PNG bytes
+    assert any("Live preview ·" in c.value for c in at.caption)
+    assert not list(studio.glob("*.png"))  # previews are not saved to the gallery
+    at.run()
+    assert not at.session_state["scribble.live_job"]  # nothing changed: no new preview
+    moved = json.loads(json.dumps(DRAWING))
+    moved["objects"][0]["left"] += 8
+    draw(at, "scribble", moved)
+    assert at.session_state["scribble.live_job"] not in (None, first)
+    wait_for_live(at, "scribble")
+
+    at.button(key="scribble.generate").click().run()  # the full render keeps the chosen steps and method
+    wait_for_job(at, "scribble")
+    (item_id,) = at.session_state["scribble.results"]
+    request = json.loads((studio / f"{item_id}.json").read_text())["recipe"]["request"]
+    assert request["steps"] == 30 and request["method"] == "gradop+" and request["fast"] is False
+    at.toggle(key="scribble.live").set_value(False).run()
+    assert "scribble.live_image" not in at.session_state and at.button(key="scribble.generate").label == "Generate"
+
+
+def test_live_mode_on_the_region_painter(studio: Path) -> None:
+    at = open_page("regions", **{"regions.size": "Square", "regions.steps": 3, "regions.live": True,
+                                 "regions.live_steps": 8})
+    draw(at, "regions", DRAWING)
+    at.session_state["regions.rows"] = {"#43a047": {"prompt": "a meadow", "negative": "", "seed": None},
+                                        "#e53935": {"prompt": "a red sun", "negative": "", "seed": None}}
+    at.session_state["regions.rows_rev"] = 1
+    at.run()
+    assert at.session_state["regions.live_job"]
+    wait_for_live(at, "regions")
+    assert at.session_state["regions.live_image"] is not None and not at.session_state["regions.live_note"]
+    at.toggle(key="regions.keep_colours").set_value(True).run()  # GradOP+ fast under the regions
+    wait_for_live(at, "regions")
+    assert at.session_state["regions.live_image"] is not None and not at.session_state["regions.live_note"]
+
+
 def test_region_painter_can_keep_the_painted_colours(studio: Path) -> None:
     at = open_page("regions", **{"regions.size": "Square", "regions.steps": 3})
     draw(at, "regions", DRAWING)
@@ -553,3 +654,20 @@ def test_an_edited_or_foreign_sidecar_restores_only_what_the_page_can_hold(studi
     assert "scribble.evil" not in state and state["scribble.job"] is None
     assert state["scribble.rows"] == {"#00ff00": {"words": "tree"}}
     assert state["scribble.drawing"]["objects"] == [] and state["scribble.bg"] is None
+
+
+def test_the_sidebar_loads_a_typed_or_recommended_lora_and_pages_use_the_recommended_scheduler(
+        studio: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from core.model_settings import read_recommended
+
+    at = open_page("scribble")
+    at.session_state["sb.lora"] = str(tmp_path / "missing.safetensors")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["_load_options"].lora.endswith("missing.safetensors")
+    assert any("missing.safetensors" in e.value for e in at.sidebar.error)  # one line, no traceback
+
+    from studio_ui.methods import ScribbleSettings, scribble_request
+    assert scribble_request(ScribbleSettings("p", scheduler="lcm", steps=4), None).scheduler == "lcm"
+    assert scribble_request(ScribbleSettings("p"), None).scheduler == "default"
+    assert read_recommended(tiny_model_dir).scheduler is None

@@ -393,7 +393,7 @@ def test_panorama_with_an_uploaded_region_map(page, server, tmp_path: Path) -> N
     thumb.press("End")  # 100 steps: a long one, to cancel while it runs
     wait_idle(page)
     visible(page, ".st-key-panorama-generate button").click()
-    page.get_by_text("Live preview").first.wait_for(timeout=60_000)
+    page.get_by_text("Work in progress").first.wait_for(timeout=60_000)
     shot(page, "panorama-progress")  # progress bar, live preview and Cancel
     visible(page, ".st-key-panorama-cancel button").click()
     page.get_by_text("Cancelled.").wait_for(timeout=60_000)
@@ -434,15 +434,73 @@ def test_a_reloaded_page_picks_its_running_job_back_up(page, server) -> None:
     thumb.press("End")  # 100 steps: still running after the reload
     wait_idle(page)
     visible(page, ".st-key-panorama-generate button").click()
-    page.get_by_text("Live preview").first.wait_for(timeout=60_000)
+    page.get_by_text("Work in progress").first.wait_for(timeout=60_000)
     assert "job=" in page.url  # the address names the job
 
     page.reload()  # a new session: only the address is left
     page.get_by_text("Picked up your request").first.wait_for(timeout=60_000)
-    page.get_by_text("Live preview").first.wait_for(timeout=60_000)  # its progress again
+    page.get_by_text("Work in progress").first.wait_for(timeout=60_000)  # its progress again
     assert page.get_by_label("Prompt", exact=True).input_value() == prompt
     shot(page, "panorama-reloaded")
     visible(page, ".st-key-panorama-cancel button").click()
     page.get_by_text("Cancelled.").wait_for(timeout=60_000)
     wait_idle(page)
     assert set(outputs.glob("*.png")) == before  # nothing saved
+
+
+def live_src(page) -> str | None:
+    image = page.locator(".st-key-scribble-live-panel img")
+    return image.first.get_attribute("src") if image.count() else None
+
+
+def release_to_preview(page, points: list[tuple[float, float]], timeout: float = 60) -> float:
+    """Draw a stroke and return the seconds from the mouse release to a new live preview."""
+    before = live_src(page)
+    canvas = page.locator("canvas.dc-canvas").first
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+    page.mouse.up()
+    released = time.perf_counter()
+    page.wait_for_function(
+        """([before]) => { const img = document.querySelector('.st-key-scribble-live-panel img');
+                           return img && img.complete && img.naturalWidth > 0 && img.src !== before; }""",
+        arg=[before], timeout=timeout * 1000, polling=20)
+    return time.perf_counter() - released
+
+
+def test_live_mode_updates_the_picture_after_each_stroke(page, server) -> None:
+    """Live mode on Scribble to Art: each stroke brings a new preview without pressing
+    anything. Reports the time from mouse release to the new preview (issue 15's target:
+    at most 1.0 s at 256 px on a 2-core CPU); it does not assert times, a busy CI varies."""
+    from studio_ui.methods import LIVE_STEPS
+
+    url, outputs = server
+    before = set(outputs.glob("*.png"))
+    open_app(page, url, "")
+    page.locator("canvas.dc-canvas").first.wait_for()
+    type_into(page, "Prompt", PROMPT)
+    visible(page, ".st-key-scribble-live label").click()
+    page.wait_for_selector(".st-key-scribble-live-panel img", timeout=60_000)  # the prompt alone, first
+    wait_idle(page)
+    assert page.locator(".st-key-scribble-generate").get_by_text("Render full quality").count() == 1
+
+    strokes = [("Rect", "green", [(20, 290), (430, 430)]), ("Circle", "red", [(280, 80), (360, 80)]),
+               ("Brush", "blue", [(40, 60), (120, 40), (200, 70), (260, 50)]),
+               ("Brush", "blue", [(300, 150), (380, 140), (430, 160)])]
+    latencies = []
+    for tool, colour, points in strokes:
+        pick(page, "scribble", tool, colour)
+        time.sleep(0.5)  # let any preview for the tool change settle (there is none: the drawing is the same)
+        latencies.append(release_to_preview(page, points))
+    wait_idle(page)
+    shot(page, "scribble-live")
+    report = {"strokes": len(latencies), "seconds": [round(s, 3) for s in latencies],
+              "median": round(sorted(latencies)[len(latencies) // 2], 3), "size": NATIVE,
+              "steps": LIVE_STEPS, "method": "GradOP+ fast"}
+    (ARTIFACTS / "live-latency.json").write_text(json.dumps(report, indent=2))
+    print(f"\nlive mode: mouse release -> new preview: {report['seconds']} s (median {report['median']} s)")
+    assert len(latencies) == len(strokes)
+    assert set(outputs.glob("*.png")) == before  # previews are not saved

@@ -204,3 +204,17 @@ def test_region_prompts_paint_a_red_sun_and_a_green_field_where_they_are_drawn(d
         assert not is_red(mean_rgb(without, masks["sun"])), seed
         assert np.abs(sun - mean_rgb(without, masks["sun"])).max() > 0.15, seed
 
+
+
+def test_the_live_preview_paints_the_drawn_red_sun_red_and_the_field_green(demo: Engine) -> None:
+    """Live mode's fast path (the app's live settings: GradOP+ fast through the linear map,
+    LIVE_STEPS steps) keeps the drawn colours: unlike full GradOP+ above, it paints this sun red."""
+    from studio_ui.methods import ScribbleSettings, live_scribble_settings, scribble_request
+
+    scribble, masks = sun_scene_scribble(), sun_scene_masks()
+    for seed in (0, 1):
+        settings = live_scribble_settings(ScribbleSettings(SUN_SCENE, width=SIZE, height=SIZE, seed=seed))
+        image = demo.run(scribble_request(settings, scribble)).images[0]
+        sun, field = mean_rgb(image, masks["sun"]), mean_rgb(image, masks["field"])
+        assert is_red(sun), (seed, sun)
+        assert is_green(field), (seed, field)
