@@ -46,8 +46,11 @@ from core.latent_rgb import latent_rgb_map
 from core.requests import GenerationRequest
 from core.sampling import alpha_bar, denoise
 from core.schedulers import make_scheduler
-from core.stroke_guidance import (StrokeRequest, StrokeTarget, decoder_renderer, faithfulness, flatten_scribble,
-                                  linear_renderer, painting_loss, sample_gradop, sample_gradop_plus, sample_sdedit)
+from core.gradop import sample_gradop
+from core.gradop_plus import sample_gradop_plus
+from core.sdedit import flatten_scribble, sample_sdedit
+from core.stroke_guidance import StrokeRequest, faithfulness
+from core.stroke_loss import StrokeTarget, decoder_renderer, linear_renderer, painting_loss
 from core.vae_codec import decode_latents, encode_image, tensor_to_pils
 
 PROMPT = "a castle on a hill, blue sky and a river"
@@ -191,8 +194,9 @@ def prior_study(engine: Engine, size: int, steps: int, seeds: int = 8) -> tuple[
     scribble = painting(tensor_to_pils(decode_latents(bundle.vae, prior_sample(power, 1000)))[0])
     request = StrokeRequest(prompt=PROMPT, strokes=scribble, steps=steps)
     target = StrokeTarget.from_image(scribble, size, size)
-    decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request)
-    fast_loss = painting_loss(linear_renderer(*latent_rgb_map(bundle.vae)), target, request, bundle.vae_scale_factor)
+    decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request.size, request.blur)
+    fast_loss = painting_loss(linear_renderer(*latent_rgb_map(bundle.vae)), target, request.size, request.blur,
+                              bundle.vae_scale_factor)
 
     def scheduler() -> Any:
         s = make_scheduler("ddim", bundle.scheduler_config)

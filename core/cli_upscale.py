@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cli import add_common, load_engine, run_and_save
-from .errors import StudioError
 from .inputs import open_image
 from .requests import random_seed
 from .panorama import WINDOW_MODES

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -123,3 +123,10 @@ def denoise(
             if callback(ProgressEvent("denoise", i + 1, total, x0, preview)):
                 raise CancelledError("cancelled")
     return latents
+
+
+def draw_noise(generators: Sequence[torch.Generator], like: Tensor) -> Tensor:
+    """Fresh N(0, I) noise shaped like ``like``: one draw per image from its generator (CPU)."""
+    shape = (1, *like.shape[1:])
+    noise = torch.cat([torch.randn(shape, generator=g, dtype=like.dtype) for g in generators])
+    return noise.to(like.device)

@@ -8,35 +8,12 @@ with y the scribble, D the VAE decoder, f a "painting function" (a Gaussian blur
 scribble is a blurred, flat-coloured version of the image) and x_text a sample of the
 text-only model. Three methods, one request type (:class:`StrokeRequest`):
 
-**GradOP+** (the authors' released ``pipeline_gradop_stroke2img.py``; reference defaults):
-DDIM 50 steps, CFG 7.5, eta 0, starting from pure noise (the text-only trajectory). At the
-steps i = s .. s+N-1, s = steps - int(steps * strength) (= 10 for strength 0.8), N =
-``iterative_steps`` (3), after the scheduler step to x_{t_{i+1}}: z = x_{t_{i+1}}, then
-``grad_steps`` (12) Adam steps at ``lr`` (0.1) on L(z) = MSE(blur_{k=35, sigma=7}(clamp((D(z)+1)/2)), y),
-then re-noise z ~ q(x_{t_{i+1}} | z) (DDPM eq. 4, fresh noise) and go on. Gradients reach the
-decoder only, never the UNet. Fixed here w.r.t. the reference: any size that is a multiple
-of 8 (blur scaled by sqrt(W H) / 512), the target resized to the output, the VAE's own
-scaling factor, the start step computed without float truncation (the reference's
-``int(50 * (1 - 0.8))`` is 9), partial scribbles (an RGBA scribble's transparent pixels
-are left out of the loss, and the re-noised latent replaces the trajectory only where the
-scribble is painted, by its alpha pooled to latent resolution), and any single-step
-scheduler: ddim, ddpm, euler, euler_a, lcm (sigma-space samples are converted to the
-variance-preserving latent that the decoder expects). Multistep solvers (dpmpp_2m, PNDM,
-LMS, UniPC) keep a history of model outputs that a jump in x_t invalidates: refused.
-
-**GradOP** (the paper's plain two-stage form, not released): stage 1 samples x_text with
-the text-only model, then solves the objective by ``grad_steps`` (40) Adam steps at ``lr``
-(0.1) from x_text with d(x, x_text) = mean squared distance in latent space and gamma =
-``gamma`` (0.001: L is a pixel MSE of order 1e-2, d a latent MSE of order 1 once x moves);
-stage 2 forward-diffuses x* to t0 = the first timestep of the last int(steps * strength)
-steps (strength 0.5; fresh noise, DDPM eq. 4) and denoises back with the same prompt and
-CFG (SDEdit from x*; strength 0 returns x* itself). Choices where the paper leaves room:
-x is the latent (not pixels), d is the latent MSE, the same Gaussian f as GradOP+, Adam
-from x_text (the text sample is also the initial point), stage 2 reuses the scheduler and
-CFG of stage 1, and its noise continues each image's generator. Any scheduler works.
-
-**SDEdit** (Meng et al. 2022): img2img from the scribble at ``strength`` (transparent
-pixels composited on white, the canvas colour); the baseline the paper beats.
+The three methods, one file each: **GradOP+** (the default; the authors' released pipeline,
+:mod:`core.gradop_plus`), **GradOP** (the paper's two-stage form, :mod:`core.gradop`) and
+**SDEdit** (the baseline the paper beats, :mod:`core.sdedit`); the painting function f, the
+renderers and the loss are in :mod:`core.stroke_loss`. This module holds the request, the
+fidelity slider, colour words, and the runner that prepares prompts, noise, eps_fn and loss
+for them (through MultiDiffusion's fused eps_fn with region prompts).
 
 **Fast mode** (``fast=True``): the loss goes through the model's tiny decoder
 (:mod:`core.tiny_decoder`: TAESD, or one distilled from the model's VAE) instead of the
@@ -51,58 +28,44 @@ reference defaults): see :func:`fidelity_parameters`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import (DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                       LCMScheduler)
 from PIL import Image
 from torch import Tensor
 
 from .attention_control import SemanticControl, colour_mask, semantic_attention, word_regions
-from .blur import gaussian_blur
 from .colors import parse_color
-from .engine import RUNNERS, Engine, GenerationResult, img2img_timesteps, initial_noise
-from .errors import CancelledError, StudioError
+from .engine import RUNNERS, Engine, GenerationResult, initial_noise
+from .errors import StudioError
+from .gradop import sample_gradop
+from .gradop_plus import check_scheduler, guided_steps, sample_gradop_plus
 from .inputs import alpha_channel
-from .latent_rgb import latent_rgb_map, latents_to_rgb
+from .latent_rgb import latent_rgb_map
 from .panorama import MultiDiffusionRequest, bootstrap_for, fusion_eps_fn, fusion_setup, region_noise
 from .prompts import PromptEncoder
 from .recipe import register_request_kind
 from .region_map import MAX_REGIONS, Region
 from .requests import (DEFAULT_MAX_PIXELS, GenerationRequest, check_flag, check_image, check_int, check_pixels,
                        check_range, check_sampling, check_side, limit_field, show)
-from .sampling import (EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, classifier_free_guidance,
-                       denoise, step_kwargs)
+from .sampling import EpsFn, ProgressCallback, classifier_free_guidance, step_kwargs
 from .schedulers import canonical_scheduler_name, make_scheduler
 from .model_settings import read_recommended
+from .sdedit import flatten_scribble
+from .stroke_loss import (GuidanceTrace, Loss, StrokeTarget, decoder_renderer, linear_renderer, painting_loss,
+                          scribble_mse)
 from .tiny_decoder import tiny_decoder, tiny_renderer
 from .vae_codec import require_multiple_of
 
 METHODS = ("gradop+", "gradop", "sdedit")
-REFERENCE_SIZE = 512  # blur_sigma and blur_kernel are given at this image size
-SINGLE_STEP = (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, LCMScheduler)
-SIGMA_SPACE = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)  # samples are x0 + sigma * eps
 METHOD_DEFAULTS: dict[str, dict[str, float | int]] = {  # per method, for fields left as None
     "gradop+": {"strength": 0.8, "grad_steps": 12},
     "gradop": {"strength": 0.5, "grad_steps": 40},
     "sdedit": {"strength": 0.8, "grad_steps": 0},
 }
-
-Renderer = Callable[[Tensor], Tensor]  # scaled latents (B, C, h, w) -> RGB (B, 3, H, W) in [0, 1]
-Loss = Callable[[Tensor], Tensor]  # scaled latents (B, C, h, w) -> per-image loss (B,)
-
-
-def _alpha(image: Image.Image) -> np.ndarray:
-    """(H, W) alpha in [0, 1] of any mode (LA, PA, P or RGB with transparency, RGBA); ones without."""
-    return alpha_channel(image)
-
 
 # --- the request -----------------------------------------------------------------------------------
 
@@ -169,7 +132,7 @@ class StrokeRequest:
         check_image("The scribble", self.strokes)
         if self.strokes.width < 8 or self.strokes.height < 8:
             raise StudioError(f"The scribble is {self.strokes.width}x{self.strokes.height}: it must be at least 8x8.")
-        if not (_alpha(self.strokes) > 0).any():
+        if not (alpha_channel(self.strokes) > 0).any():
             raise StudioError("The scribble is empty (every pixel is transparent): paint something on it.")
         for name, own in (("width", self.strokes.width), ("height", self.strokes.height)):
             value = getattr(self, name)
@@ -237,6 +200,11 @@ class StrokeRequest:
     def size(self) -> tuple[int, int]:
         """(width, height) of the output: the request's, else the scribble's."""
         return self.width or self.strokes.width, self.height or self.strokes.height
+
+    @property
+    def blur(self) -> tuple[float, int]:
+        """The painting blur (sigma, kernel) at 512 px (core.stroke_loss scales it to the size)."""
+        return self.blur_sigma, self.blur_kernel
 
     def settings(self) -> dict[str, Any]:
         """Every field but the scribble and the region masks, for recipes and logs."""
@@ -308,269 +276,6 @@ def word_pairs(words: dict[str, str | Sequence[str]] | Sequence[tuple[str, str]]
 # --- the painting function f and the loss ----------------------------------------------------------
 
 
-def blur_at(sigma: float, kernel: int, width: int, height: int, pixel: int = 1) -> tuple[float, int]:
-    """(sigma, kernel) of the painting blur for a width x height image, in units of ``pixel`` pixels.
-
-    Both scale with sqrt(W H) / 512 (the reference's 35/7 at 512 px); the kernel stays odd.
-    """
-    scale = math.sqrt(width * height) / REFERENCE_SIZE / pixel
-    size = max(1, int(round(kernel * scale)))
-    return sigma * scale, size if size % 2 else size + 1
-
-
-@dataclass
-class StrokeTarget:
-    """The scribble y at one resolution, with the weight of each pixel in the loss (its alpha)."""
-
-    rgb: Tensor  # (1, 3, H, W) in [0, 1]
-    mask: Tensor  # (1, 1, H, W) in [0, 1]; ones for an opaque scribble
-
-    @classmethod
-    def from_image(cls, image: Image.Image, width: int, height: int,
-                   device: torch.device | str = "cpu") -> "StrokeTarget":
-        """Resize (premultiplied alpha, Lanczos) to width x height and split colour and alpha."""
-        rgba = image.convert("RGBA")
-        if rgba.size != (width, height):
-            rgba = rgba.convert("RGBa").resize((width, height), Image.LANCZOS).convert("RGBA")
-        array = torch.from_numpy(np.asarray(rgba, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        if _alpha(image).min() >= 1:
-            array[:, 3] = 1.0
-        return cls(array[:, :3].contiguous().to(device), array[:, 3:].contiguous().to(device))
-
-    @property
-    def partial(self) -> bool:
-        return bool((self.mask < 1).any())
-
-    def pooled(self, factor: int) -> "StrokeTarget":
-        """Area-pooled by ``factor`` (colours averaged over painted pixels only)."""
-        if factor == 1:
-            return self
-        mask = F.avg_pool2d(self.mask, factor)
-        rgb = F.avg_pool2d(self.rgb * self.mask, factor) / mask.clamp_min(1e-6)
-        return StrokeTarget(rgb * (mask > 0), mask)
-
-
-def masked_mse(images: Tensor, target: StrokeTarget) -> Tensor:
-    """Per-image MSE over the painted pixels: sum m (x - y)^2 / (3 sum m). (B,)"""
-    mask = target.mask.to(images.dtype)
-    err = ((images - target.rgb.to(images.dtype)) ** 2 * mask).sum(dim=(1, 2, 3))
-    return err / (3 * mask.sum()).clamp_min(1e-8)
-
-
-@dataclass
-class PaintingLoss:
-    """L(z) = MSE_m(f(R(z)), y), the data term of the GradOP objective, f a Gaussian blur, R a renderer."""
-
-    render: Renderer  # the VAE decoder, or the linear latent -> RGB map in fast mode
-    target: StrokeTarget  # at the renderer's output resolution
-    sigma: float  # blur in the renderer's output pixels
-    kernel: int
-
-    def __call__(self, latents: Tensor) -> Tensor:
-        return masked_mse(gaussian_blur(self.render(latents), self.sigma, self.kernel), self.target)
-
-
-def decoder_renderer(vae: Any) -> Renderer:
-    """R(z) = clamp((D(z / scale + shift) + 1) / 2, 0, 1) with gradients (the reference's f input)."""
-    scale = float(vae.config.scaling_factor)
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-
-    def render(latents: Tensor) -> Tensor:
-        out = vae.decode(latents.to(vae.dtype) / scale + shift).sample
-        return (out.float() / 2 + 0.5).clamp(0, 1)
-
-    return render
-
-
-def linear_renderer(weight: Tensor, bias: Tensor) -> Renderer:
-    """R(z) = clamp(A z + b) at latent resolution (the fitted map of core.latent_rgb)."""
-    return lambda latents: latents_to_rgb(latents.float(), weight, bias)
-
-
-def painting_loss(render: Renderer, target: StrokeTarget, request: StrokeRequest, pixel: int = 1) -> PaintingLoss:
-    """The loss for ``request`` with a renderer whose pixels are ``pixel`` image pixels wide."""
-    width, height = request.size
-    sigma, kernel = blur_at(request.blur_sigma, request.blur_kernel, width, height, pixel)
-    return PaintingLoss(render, target.pooled(pixel), sigma, kernel)
-
-
-def optimise_latents(start: Tensor, loss: Loss, steps: int, lr: float, anchor: Tensor | None = None,
-                     gamma: float = 0.0) -> tuple[Tensor, list[float]]:
-    """Adam on sum_b [L(z_b) + gamma * mean((z_b - anchor_b)^2)] from ``start`` (the GradOP objective).
-
-    Gradients flow through the renderer into z only. Returns z* and the objective before each step.
-    """
-    history: list[float] = []
-    with torch.enable_grad():
-        z = start.detach().float().clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
-            objective = loss(z).sum()
-            if anchor is not None and gamma > 0:
-                objective = objective + gamma * ((z - anchor.float()) ** 2).mean(dim=(1, 2, 3)).sum()
-            optimiser.zero_grad(set_to_none=True)
-            objective.backward()
-            optimiser.step()
-            history.append(float(objective.detach()))
-    return z.detach().to(start.dtype), history
-
-
-# --- GradOP+ ---------------------------------------------------------------------------------------
-
-
-def guided_steps(num_steps: int, strength: float, iterative_steps: int) -> range:
-    """Indices i of the steps after which GradOP+ optimises: s .. s+N-1, s = steps - int(steps*strength).
-
-    The last step (to t = 0) is never guided, as in the reference.
-    """
-    start = num_steps - int(num_steps * strength)
-    return range(start, min(start + iterative_steps, num_steps - 1))
-
-
-def check_scheduler(scheduler: Any) -> None:
-    """StudioError unless GradOP+ is sound on ``scheduler`` (a single-step sampler)."""
-    if not isinstance(scheduler, SINGLE_STEP):
-        raise StudioError(f"GradOP+ changes x_t between steps, which {type(scheduler).__name__} (a multistep "
-                          "solver) cannot follow: use --scheduler ddim (the reference), euler, euler_a or lcm.")
-
-
-def noise_level(scheduler: Any, timesteps: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
-    """(abar, c) of the sample at ``timesteps[index]``: c maps the scheduler's sample to the
-    variance-preserving latent sqrt(abar) x0 + sqrt(1 - abar) eps (None when they are the same)."""
-    if isinstance(scheduler, SIGMA_SPACE):
-        sigma = scheduler.sigmas[index].double()
-        abar = (1 / (1 + sigma**2)).float()
-        return abar, abar.sqrt()
-    return alpha_bar(scheduler, timesteps[index]), None
-
-
-def draw_noise(generators: Sequence[torch.Generator], like: Tensor) -> Tensor:
-    """Fresh N(0, I) noise shaped like ``like``: one draw per image from its generator (CPU)."""
-    shape = (1, *like.shape[1:])
-    noise = torch.cat([torch.randn(shape, generator=g, dtype=like.dtype) for g in generators])
-    return noise.to(like.device)
-
-
-@dataclass
-class GuidanceTrace:
-    """What guidance did: the objective before each Adam step, per guided step, and its time."""
-
-    losses: list[list[float]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def gradop_plus_hook(scheduler: Any, timesteps: Tensor, loss: Loss, window: range, grad_steps: int, lr: float,
-                     generators: Sequence[torch.Generator], mask: Tensor | None = None,
-                     trace: GuidanceTrace | None = None, refine: tuple[Loss, int] | None = None,
-                     callback: ProgressCallback | None = None) -> StepHook:
-    """The GradOP+ step hook: at the steps in ``window``, after the step to x_{t_{i+1}}:
-
-        z* = Adam^K_lr(L, z = x_{t_{i+1}})                      (K = grad_steps; the reference's optimisation)
-        x_{t_{i+1}} <- m (sqrt(abar) z* + sqrt(1 - abar) n) + (1 - m) x_{t_{i+1}},  n ~ N(0, I)
-                                                                 (re-noise, DDPM eq. 4; m = latent alpha)
-    ``refine`` = (true-decoder loss, steps) adds that many Adam steps after the last window step.
-    """
-    trace = trace if trace is not None else GuidanceTrace()
-
-    def hook(i: int, t: Tensor, latents: Tensor) -> Tensor:
-        if i not in window:
-            return latents
-        start = time.perf_counter()
-        abar, c = noise_level(scheduler, timesteps, i + 1)
-        z = latents if c is None else latents * c.to(latents)
-        z_star, history = optimise_latents(z, loss, grad_steps, lr)
-        if refine is not None and i == window[-1] and refine[1] > 0:
-            z_star, more = optimise_latents(z_star, refine[0], refine[1], lr)
-            history += more
-        abar = abar.to(z)
-        renoised = abar.sqrt() * z_star + (1 - abar).sqrt() * draw_noise(generators, z)
-        if mask is not None:
-            renoised = mask * renoised + (1 - mask) * z
-        trace.losses.append(history)
-        trace.seconds += time.perf_counter() - start
-        if callback is not None and callback(ProgressEvent("guidance", window.index(i) + 1, len(window))):
-            raise CancelledError("cancelled")
-        return renoised if c is None else renoised / c.to(renoised)
-
-    return hook
-
-
-def sample_gradop_plus(noise: Tensor, scheduler: Any, eps_fn: EpsFn, loss: Loss, *, strength: float,
-                       iterative_steps: int, grad_steps: int, lr: float, generators: Sequence[torch.Generator],
-                       mask: Tensor | None = None, refine: tuple[Loss, int] | None = None,
-                       extra_step_kwargs: dict[str, Any] | None = None, callback: ProgressCallback | None = None,
-                       preview: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, GuidanceTrace]:
-    """GradOP+ from pure ``noise`` (N, C, h, w) with a scheduler whose timesteps are set.
-
-    Independent of any VAE: ``loss`` and ``eps_fn`` are injected (tests use analytic ones).
-    With no guided step this is exactly the text-only sample.
-    """
-    check_scheduler(scheduler)
-    timesteps = scheduler.timesteps
-    window = guided_steps(len(timesteps), strength, iterative_steps)
-    trace = GuidanceTrace()
-    hook = None
-    if len(window) and grad_steps > 0:
-        hook = gradop_plus_hook(scheduler, timesteps, loss, window, grad_steps, lr, generators, mask, trace,
-                                refine, callback)
-    latents = denoise(noise * scheduler.init_noise_sigma, scheduler, timesteps, eps_fn,
-                      extra_step_kwargs=extra_step_kwargs, step_hook=hook, callback=callback, preview=preview)
-    return latents, trace
-
-
-# --- GradOP ----------------------------------------------------------------------------------------
-
-
-def _staged(callback: ProgressCallback | None, stage: str) -> ProgressCallback | None:
-    if callback is None:
-        return None
-    return lambda event: callback(dataclasses.replace(event, stage=stage))
-
-
-def sample_gradop(noise: Tensor, new_scheduler: Callable[[], Any], eps_fn: EpsFn, loss: Loss, *, steps: int,
-                  strength: float, grad_steps: int, lr: float, gamma: float, generators: Sequence[torch.Generator],
-                  refine: tuple[Loss, int] | None = None, extra_step_kwargs: Callable[[Any], dict] | None = None,
-                  callback: ProgressCallback | None = None,
-                  preview: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, GuidanceTrace]:
-    """GradOP, the paper's two stages (solve the objective, then forward diffusion to t0 and back).
-
-    1. x_text = text-only sample from ``noise``; x* = argmin_x L(x) + gamma * d(x, x_text), by
-       ``grad_steps`` Adam steps from x_text (d = mean squared latent distance).
-    2. x_{t0} = sqrt(abar_t0) x* + sqrt(1 - abar_t0) n (fresh n), then denoise from t0, where
-       t0 is the first of the last int(steps * strength) timesteps (SDEdit's convention).
-    ``new_scheduler()`` returns a fresh scheduler with its ``steps`` timesteps set (one per stage).
-    """
-    first = new_scheduler()
-    kwargs = extra_step_kwargs or (lambda s: {})
-    x_text = denoise(noise * first.init_noise_sigma, first, first.timesteps, eps_fn, extra_step_kwargs=kwargs(first),
-                     callback=_staged(callback, "text"), preview=preview)
-    trace = GuidanceTrace()
-    start = time.perf_counter()
-    x_star, history = optimise_latents(x_text, loss, grad_steps, lr, anchor=x_text, gamma=gamma)
-    if refine is not None and refine[1] > 0:
-        x_star, more = optimise_latents(x_star, refine[0], refine[1], lr, anchor=x_text, gamma=gamma)
-        history += more
-    trace.losses.append(history)
-    trace.seconds = time.perf_counter() - start
-    second = new_scheduler()
-    latents = sample_sdedit(x_star, second, eps_fn, steps=steps, strength=strength, generators=generators,
-                            extra_step_kwargs=kwargs(second), callback=_staged(callback, "denoise"), preview=preview)
-    return latents, trace
-
-
-def sample_sdedit(init: Tensor, scheduler: Any, eps_fn: EpsFn, *, steps: int, strength: float,
-                  generators: Sequence[torch.Generator], extra_step_kwargs: dict[str, Any] | None = None,
-                  callback: ProgressCallback | None = None, preview: Callable[[Tensor], Any] | None = None) -> Tensor:
-    """SDEdit (Meng et al. 2022): x_{t0} = sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n, then denoise from t0,
-    t0 the first of the last int(steps * strength) timesteps (as Engine.generate's img2img)."""
-    timesteps = img2img_timesteps(scheduler, steps, strength)
-    if not len(timesteps):
-        return init
-    latents = scheduler.add_noise(init, draw_noise(generators, init), timesteps[:1].repeat(len(init)))
-    return denoise(latents, scheduler, timesteps, eps_fn, extra_step_kwargs=extra_step_kwargs, callback=callback,
-                   preview=preview)
-
-
 # --- running a request on the engine ---------------------------------------------------------------
 
 
@@ -583,21 +288,8 @@ class StrokeResult(GenerationResult):
 
 
 def faithfulness(images: Sequence[Image.Image], request: StrokeRequest) -> list[float]:
-    """MSE_m(f(x), y) of each final image x (decoded by the true VAE) to the scribble y."""
-    width, height = request.size
-    target = StrokeTarget.from_image(request.strokes, width, height)
-    sigma, kernel = blur_at(request.blur_sigma, request.blur_kernel, width, height)
-    pixels = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                          for im in images])
-    return [float(v) for v in masked_mse(gaussian_blur(pixels, sigma, kernel), target)]
-
-
-def flatten_scribble(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """RGB scribble for SDEdit: transparent pixels composited on the (white) canvas colour."""
-    if _alpha(image).min() >= 1:
-        return image.convert("RGB")
-    canvas = Image.new("RGBA", image.size, background + (255,))
-    return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
+    """MSE_m(f(x), y) of each final image x (decoded by the true VAE) to the request's scribble y."""
+    return scribble_mse(images, request.strokes, request.blur)
 
 
 def semantic_context(engine: Engine, request: StrokeRequest, cond: Tensor,
@@ -667,7 +359,7 @@ def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, i
     bundle = engine.bundle
     width, height = request.size
     target = StrokeTarget.from_image(request.strokes, width, height, bundle.device)
-    decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request)
+    decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request.size, request.blur)
     if not request.fast:
         return decoder_loss, None, target
     if request.renderer == "tiny":  # the model's tiny decoder: full resolution, ~1M parameters
@@ -675,10 +367,11 @@ def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, i
         if tiny is None:
             raise StudioError(f"This model has no usable tiny decoder ({why or 'none found'}): use the linear "
                               "renderer, or distil one with python -m training.tiny_decoder --model FOLDER.")
-        fast_loss = painting_loss(tiny_renderer(tiny), target, request)
+        fast_loss = painting_loss(tiny_renderer(tiny), target, request.size, request.blur)
     else:  # the fitted linear map at latent resolution
         weight, bias = latent_rgb_map(bundle.vae)
-        fast_loss = painting_loss(linear_renderer(weight, bias), target, request, bundle.vae_scale_factor)
+        fast_loss = painting_loss(linear_renderer(weight, bias), target, request.size, request.blur,
+                                  bundle.vae_scale_factor)
     return fast_loss, (decoder_loss, request.refine_steps) if request.refine_steps else None, target
 
 

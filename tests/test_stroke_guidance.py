@@ -20,9 +20,12 @@ from core.latent_rgb import latents_to_rgb
 from core.requests import GenerationRequest
 from core.sampling import alpha_bar, denoise
 from core.blur import blur_matrix
-from core.stroke_guidance import (StrokeRequest, StrokeResult, StrokeTarget, blur_at, check_scheduler,
-                                  fidelity_parameters, gaussian_blur, guided_steps, masked_mse, painting_loss,
-                                  sample_gradop, sample_gradop_plus, sample_sdedit, stroke_request)
+from core.blur import gaussian_blur
+from core.gradop import sample_gradop
+from core.gradop_plus import check_scheduler, guided_steps, sample_gradop_plus
+from core.sdedit import sample_sdedit
+from core.stroke_guidance import StrokeRequest, StrokeResult, fidelity_parameters, stroke_request
+from core.stroke_loss import StrokeTarget, blur_at, masked_mse, painting_loss
 
 SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                    steps_offset=1, clip_sample=False, set_alpha_to_one=False)
@@ -72,7 +75,7 @@ def setup(width: int = 64, height: int = 64, partial: bool = False):
     strokes = scribble(width, height, partial)
     request = StrokeRequest(prompt="x", strokes=strokes)
     target = StrokeTarget.from_image(strokes, width, height)
-    return request, target, painting_loss(render, target, request)
+    return request, target, painting_loss(render, target, request.size, request.blur)
 
 
 def gradop_plus(width: int = 64, height: int = 64, partial: bool = False, scheduler_cls=DDIMScheduler, **kw):
