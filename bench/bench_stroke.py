@@ -41,7 +41,8 @@ import torch
 from PIL import Image
 
 from bench.common import bench_model, write_results
-from core.engine import Engine, initial_noise
+from core.engine import Engine
+from core.pipeline import initial_noise
 from core.latent_rgb import latent_rgb_map
 from core.requests import GenerationRequest
 from core.sampling import alpha_bar, denoise

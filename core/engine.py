@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -12,48 +11,13 @@ from torch import Tensor
 from .errors import StudioError
 from .latent_rgb import preview_image
 from .loading import LoadOptions, ModelBundle, load_model
-from .prompts import PromptEncoder
+from .pipeline import GenerationResult, img2img_timesteps, prepare
 from .recipe import register_request_kind
 from .requests import GenerationRequest
-from .sampling import (EpsFn, ModelFn, ProgressCallback, alpha_bar, classifier_free_guidance, denoise,
-                       step_kwargs)
-from .schedulers import check_steps, make_scheduler
+from .sampling import ModelFn, ProgressCallback, alpha_bar
+from .schedulers import check_steps
 from .tiny_decoder import tiny_decoder, tiny_preview
 from .vae_codec import decode_latents, encode_image, fit_image, require_multiple_of, tensor_to_pils
-
-
-@dataclass
-class GenerationResult:
-    """Images of one request, with what is needed to save and replay them."""
-
-    images: list[Image.Image]
-    seeds: list[int]  # the seed each image's noise was drawn from
-    latents: Tensor  # final latents before decoding, (N, 4, h, w)
-    request: Any
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, denoise, decode
-    warnings: list[str] = field(default_factory=list)
-
-
-def initial_noise(seeds: list[int], shape: tuple[int, int, int], device: torch.device,
-                  dtype: torch.dtype) -> tuple[Tensor, list[torch.Generator]]:
-    """One (1, *shape) draw per seed from ``torch.Generator('cpu')``, as diffusers does.
-
-    Returns the (N, *shape) noise and the generators (ancestral samplers continue them).
-    """
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    noise = torch.cat([torch.randn((1, *shape), generator=g, device="cpu", dtype=dtype) for g in generators])
-    return noise.to(device), generators
-
-
-def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> Tensor:
-    """The tail of the schedule that SDEdit re-runs: the last ``int(steps * strength)`` steps."""
-    init_steps = min(int(steps * strength), steps)
-    if init_steps == 0:  # nothing to re-run (PNDM's schedule has one step more than `steps`)
-        return scheduler.timesteps[:0]
-    start = max(steps - init_steps, 0) * scheduler.order
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    return scheduler.timesteps[start:]
 
 
 Runner = Callable[["Engine", Any, "ProgressCallback | None"], GenerationResult]
@@ -145,39 +109,16 @@ class Engine:
     @torch.no_grad()
     def generate(self, request: GenerationRequest, callback: ProgressCallback | None = None) -> GenerationResult:
         """Text-to-image, or SDEdit img2img when ``request.init_image`` is set."""
-        bundle, timings = self.bundle, {}
         width, height = self.resolve_size(request)
         if width * height > request.max_pixels:
             raise StudioError(f"{width}x{height} is over the limit of {request.max_pixels:,} pixels: "
                               "choose a smaller size.")
-        n = request.num_images
-        start = time.perf_counter()
-        encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
-        cond = encoder(request.prompt).repeat(n, 1, 1)
-        uncond = encoder(request.negative_prompt).repeat(n, 1, 1) if request.guidance_scale > 1 else None
-
-        scheduler = make_scheduler(request.scheduler, bundle.scheduler_config, steps=request.steps,
-                                   device=bundle.device)
-        factor = bundle.vae_scale_factor
-        shape = (bundle.unet.config.in_channels, height // factor, width // factor)
-        seeds = [request.seed + i for i in range(n)]
-        noise, generators = initial_noise(seeds, shape, bundle.device, cond.dtype)
-        latents, timesteps = self.start_latents(scheduler, noise, request, width, height)
-        timings["encode"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        eps_fn: EpsFn = classifier_free_guidance(self.model_fn(scheduler), cond, uncond, request.guidance_scale)
-        generator = generators[0] if n == 1 else generators
-        latents = denoise(latents, scheduler, timesteps, eps_fn, extra_step_kwargs=step_kwargs(scheduler, generator),
-                          callback=callback, preview=self.preview)
-        timings["denoise"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        images = self.decode(latents)
-        timings["decode"] = time.perf_counter() - start
-        return GenerationResult(images=images, seeds=seeds, latents=latents, request=request, timings=timings,
-                                warnings=list(bundle.warnings) + encoder.warnings)
-
+        run = prepare(self, request, (width, height))
+        noise = run.draw_noise()
+        latents, timesteps = self.start_latents(run.scheduler, noise, request, width, height)
+        run.lap("encode")
+        latents = run.loop(latents, timesteps, run.cfg_eps(), callback=callback)
+        return run.finish(latents)
 
 RUNNERS["txt2img"] = RUNNERS["img2img"] = Engine.generate
 register_request_kind("txt2img", GenerationRequest)

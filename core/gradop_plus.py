@@ -29,6 +29,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteSched
 from torch import Tensor
 
 from .errors import CancelledError, StudioError
+from .pipeline import Guidance
 from .sampling import EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, denoise, draw_noise
 from .stroke_loss import GuidanceTrace, Loss, optimise_latents
 
@@ -98,6 +99,21 @@ def gradop_plus_hook(scheduler: Any, timesteps: Tensor, loss: Loss, window: rang
     return hook
 
 
+def gradop_plus_guidance(scheduler: Any, loss: Loss, *, strength: float, iterative_steps: int, grad_steps: int,
+                         lr: float, generators: Sequence[torch.Generator], mask: Tensor | None = None,
+                         refine: tuple[Loss, int] | None = None, trace: GuidanceTrace | None = None,
+                         callback: ProgressCallback | None = None) -> Guidance:
+    """GradOP+ as a guidance of the one loop (:mod:`core.pipeline`): its step hook over the
+    scheduler's timesteps (none when no step is guided). Refuses multistep schedulers."""
+    check_scheduler(scheduler)
+    timesteps = scheduler.timesteps
+    window = guided_steps(len(timesteps), strength, iterative_steps)
+    if not len(window) or grad_steps <= 0:
+        return Guidance()
+    return Guidance(hook=gradop_plus_hook(scheduler, timesteps, loss, window, grad_steps, lr, generators, mask,
+                                          trace, refine, callback))
+
+
 def sample_gradop_plus(noise: Tensor, scheduler: Any, eps_fn: EpsFn, loss: Loss, *, strength: float,
                        iterative_steps: int, grad_steps: int, lr: float, generators: Sequence[torch.Generator],
                        mask: Tensor | None = None, refine: tuple[Loss, int] | None = None,
@@ -105,17 +121,14 @@ def sample_gradop_plus(noise: Tensor, scheduler: Any, eps_fn: EpsFn, loss: Loss,
                        preview: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, GuidanceTrace]:
     """GradOP+ from pure ``noise`` (N, C, h, w) with a scheduler whose timesteps are set.
 
-    Independent of any VAE: ``loss`` and ``eps_fn`` are injected (tests use analytic ones).
-    With no guided step this is exactly the text-only sample.
+    Independent of any VAE or engine: ``loss`` and ``eps_fn`` are injected (tests use analytic
+    ones). With no guided step this is exactly the text-only sample.
     """
-    check_scheduler(scheduler)
-    timesteps = scheduler.timesteps
-    window = guided_steps(len(timesteps), strength, iterative_steps)
     trace = GuidanceTrace()
-    hook = None
-    if len(window) and grad_steps > 0:
-        hook = gradop_plus_hook(scheduler, timesteps, loss, window, grad_steps, lr, generators, mask, trace,
-                                refine, callback)
-    latents = denoise(noise * scheduler.init_noise_sigma, scheduler, timesteps, eps_fn,
-                      extra_step_kwargs=extra_step_kwargs, step_hook=hook, callback=callback, preview=preview)
+    guidance = gradop_plus_guidance(scheduler, loss, strength=strength, iterative_steps=iterative_steps,
+                                    grad_steps=grad_steps, lr=lr, generators=generators, mask=mask, refine=refine,
+                                    trace=trace, callback=callback)
+    latents = denoise(noise * scheduler.init_noise_sigma, scheduler, scheduler.timesteps, eps_fn,
+                      extra_step_kwargs=extra_step_kwargs, step_hook=guidance.hook, callback=callback,
+                      preview=preview)
     return latents, trace

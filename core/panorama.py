@@ -12,7 +12,6 @@ UNet in a few batched calls, and several images pair their CFG halves correctly.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .engine import RUNNERS, Engine, GenerationResult, initial_noise
+from .engine import RUNNERS, Engine
 from .errors import StudioError
 from .prompts import PromptEncoder
 from .recipe import register_nested_class, register_request_kind
@@ -29,8 +28,8 @@ from .region_map import MAX_REGIONS, Region, background_weight, check_aspect, la
 from .regional_attention import RegionalAttention
 from .requests import (DEFAULT_MAX_PIXELS, check_flag, check_image, check_int, check_pixels, check_range,
                        check_sampling, check_side, limit_field, show)
-from .sampling import ProgressCallback, alpha_bar, denoise, step_kwargs
-from .schedulers import make_scheduler
+from .pipeline import GenerationResult, initial_noise, prepare
+from .sampling import ProgressCallback, alpha_bar
 from .shifted_windows import SHIFTS, ShiftedWindows, shifted_views, step_offsets, views_by_step
 from .vae_codec import decode_latents, require_multiple_of, tensor_to_pils
 
@@ -328,35 +327,20 @@ def fusion_eps_fn(engine: Engine, request: MultiDiffusionRequest, scheduler: Any
 def run_multidiffusion(engine: Engine, request: MultiDiffusionRequest,
                        callback: ProgressCallback | None = None) -> GenerationResult:
     """Generate a region image or panorama (text-to-image, or img2img from ``init_image``)."""
-    bundle, timings = engine.bundle, {}
-    start = time.perf_counter()
+    bundle = engine.bundle
     width, height = canvas_size(request, bundle.native_size)
-    encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
-    setup = fusion_setup(engine, request, encoder, (width, height))
-    scheduler = make_scheduler(request.scheduler, bundle.scheduler_config, steps=request.steps, device=bundle.device)
-    factor = bundle.vae_scale_factor
-    shape = (bundle.unet.config.in_channels, height // factor, width // factor)
-    dtype = setup.embeddings.dtype
-    noise, generators = region_noise(request, setup.regions, setup.masks, shape, bundle.device, dtype)
-    latents, timesteps = engine.start_latents(scheduler, noise, request, width, height)
-    bootstrap = bootstrap_for(engine, request, scheduler, setup.paths, noise)
-    timings["encode"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    eps_fn = fusion_eps_fn(engine, request, scheduler, setup, bootstrap)
-    n = request.num_images
-    generator = generators[0] if n == 1 else generators
-    latents = denoise(latents, scheduler, timesteps, eps_fn, extra_step_kwargs=step_kwargs(scheduler, generator),
-                      callback=callback, preview=engine.preview)
-    timings["denoise"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    images = tensor_to_pils(decode_canvas(bundle.vae, latents, factor, request.circular, request.tiled_decode))
-    timings["decode"] = time.perf_counter() - start
-    warnings = list(bundle.warnings) + encoder.warnings + setup.warnings + _clipping_warning(scheduler, setup)
-    return GenerationResult(images=images, seeds=[request.seed + i for i in range(n)], latents=latents,
-                            request=request, timings=timings, warnings=warnings)
-
+    run = prepare(engine, request, (width, height))
+    setup = fusion_setup(engine, request, run.encoder, (width, height))
+    run.noise, run.generators = region_noise(request, setup.regions, setup.masks, run.shape, bundle.device,
+                                             setup.embeddings.dtype)
+    latents, timesteps = engine.start_latents(run.scheduler, run.noise, request, width, height)
+    bootstrap = bootstrap_for(engine, request, run.scheduler, setup.paths, run.noise)
+    run.lap("encode")
+    latents = run.loop(latents, timesteps, fusion_eps_fn(engine, request, run.scheduler, setup, bootstrap),
+                       callback=callback)
+    run.warnings = setup.warnings + _clipping_warning(run.scheduler, setup)
+    return run.finish(latents, decode=lambda z: tensor_to_pils(
+        decode_canvas(bundle.vae, z, bundle.vae_scale_factor, request.circular, request.tiled_decode)))
 
 for _kind in KINDS:
     RUNNERS[_kind] = run_multidiffusion

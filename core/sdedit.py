@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .engine import img2img_timesteps
+from .pipeline import img2img_timesteps
 from .inputs import alpha_channel
 from .sampling import EpsFn, ProgressCallback, denoise, draw_noise
 

@@ -28,7 +28,6 @@ reference defaults): see :func:`fidelity_parameters`.
 from __future__ import annotations
 
 import dataclasses
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
@@ -39,11 +38,12 @@ from torch import Tensor
 
 from .attention_control import SemanticControl, colour_mask, semantic_attention, word_regions
 from .colors import parse_color
-from .engine import RUNNERS, Engine, GenerationResult, initial_noise
+from .engine import RUNNERS, Engine
 from .errors import StudioError
 from .gradop import sample_gradop
-from .gradop_plus import check_scheduler, guided_steps, sample_gradop_plus
+from .gradop_plus import check_scheduler, gradop_plus_guidance, guided_steps
 from .inputs import alpha_channel
+from .pipeline import GenerationResult, Guidance, Run, prepare
 from .latent_rgb import latent_rgb_map
 from .panorama import MultiDiffusionRequest, bootstrap_for, fusion_eps_fn, fusion_setup, region_noise
 from .prompts import PromptEncoder
@@ -51,7 +51,7 @@ from .recipe import register_request_kind
 from .region_map import MAX_REGIONS, Region
 from .requests import (DEFAULT_MAX_PIXELS, GenerationRequest, check_flag, check_image, check_int, check_pixels,
                        check_range, check_sampling, check_side, limit_field, show)
-from .sampling import EpsFn, ProgressCallback, classifier_free_guidance, step_kwargs
+from .sampling import EpsFn, ProgressCallback
 from .schedulers import canonical_scheduler_name, make_scheduler
 from .model_settings import read_recommended
 from .sdedit import flatten_scribble
@@ -292,9 +292,10 @@ def faithfulness(images: Sequence[Image.Image], request: StrokeRequest) -> list[
     return scribble_mse(images, request.strokes, request.blur)
 
 
-def semantic_context(engine: Engine, request: StrokeRequest, cond: Tensor,
+def semantic_context(engine: Engine, request: StrokeRequest, cond: Callable[[], Tensor],
                      scheduler: Any) -> ContextManager[SemanticControl | None]:
-    """Paint-with-words processors for the request's words (a no-op context without words)."""
+    """Paint-with-words processors for the request's words (a no-op context without words);
+    ``cond()`` gives the prompt's embeddings (encoded only when there are words)."""
     if not request.words:
         return nullcontext()
     bundle = engine.bundle
@@ -305,53 +306,23 @@ def semantic_context(engine: Engine, request: StrokeRequest, cond: Tensor,
     if strokes.size != (width, height):
         strokes = strokes.resize((width, height), Image.NEAREST)
     regions = word_regions(bundle.tokenizer, request.prompt, strokes, request.words, latent_size)
-    control = SemanticControl(regions, request.word_weight, latent_size, cond=cond[:1])
+    control = SemanticControl(regions, request.word_weight, latent_size, cond=cond()[:1])
     return semantic_attention(bundle.unet, control, scheduler)
 
 
-@dataclass
-class _Setup:
-    """What GradOP and GradOP+ share: prompts, noise, eps_fn, schedulers."""
-
-    encoder: PromptEncoder
-    cond: Tensor
-    seeds: list[int]
-    noise: Tensor
-    generators: list[torch.Generator]
-    eps_fn: EpsFn
-    new_scheduler: Callable[[], Any]
-    step_kwargs: Callable[[Any], dict]
-    warnings: list[str]
-
-
-def _setup(engine: Engine, request: StrokeRequest) -> _Setup:
-    bundle, n = engine.bundle, request.num_images
-    encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
-    cond = encoder(request.prompt).repeat(n, 1, 1)
-    uncond = encoder(request.negative_prompt).repeat(n, 1, 1) if request.guidance_scale > 1 else None
-
-    def new_scheduler() -> Any:
-        return make_scheduler(request.scheduler, bundle.scheduler_config, steps=request.steps, device=bundle.device)
-
-    width, height = request.size
-    factor = bundle.vae_scale_factor
-    shape = (bundle.unet.config.in_channels, height // factor, width // factor)
-    seeds = [request.seed + i for i in range(n)]
-    warnings: list[str] = []
-    if request.regions:  # region prompts: the eps_fn is MultiDiffusion's fusion (the guidance is unchanged)
-        fusion = request.fusion_request()
-        fused = fusion_setup(engine, fusion, encoder, (width, height))
-        noise, generators = region_noise(fusion, fused.regions, fused.masks, shape, bundle.device, cond.dtype)
-        scheduler = new_scheduler()
-        eps_fn = fusion_eps_fn(engine, fusion, scheduler, fused, bootstrap_for(engine, fusion, scheduler,
-                                                                                fused.paths, noise))
-        warnings = fused.warnings
-    else:
-        noise, generators = initial_noise(seeds, shape, bundle.device, cond.dtype)
-        eps_fn = classifier_free_guidance(engine.model_fn(new_scheduler()), cond, uncond, request.guidance_scale)
-    generator = generators[0] if n == 1 else generators
-    return _Setup(encoder, cond, seeds, noise, generators, eps_fn, new_scheduler,
-                  lambda scheduler: step_kwargs(scheduler, generator), warnings)
+def _base_eps(engine: Engine, request: StrokeRequest, run: Run) -> EpsFn:
+    """The eps_fn that stroke guidance steers, with the run's noise drawn: classifier-free
+    guidance, or with region prompts MultiDiffusion's fusion (the guidance is unchanged)."""
+    if not request.regions:
+        run.draw_noise()
+        return run.cfg_eps()
+    fusion = request.fusion_request()
+    fused = fusion_setup(engine, fusion, run.encoder, request.size)
+    run.noise, run.generators = region_noise(fusion, fused.regions, fused.masks, run.shape, engine.bundle.device,
+                                             fused.embeddings.dtype)
+    run.warnings += fused.warnings
+    return fusion_eps_fn(engine, fusion, run.scheduler, fused,
+                         bootstrap_for(engine, fusion, run.scheduler, fused.paths, run.noise))
 
 
 def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, int] | None, StrokeTarget]:
@@ -391,29 +362,44 @@ def resolve_renderer(engine: Engine, request: StrokeRequest) -> StrokeRequest:
 
 @torch.no_grad()
 def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallback | None = None) -> StrokeResult:
-    """Run a :class:`StrokeRequest` on ``engine`` (registered as the runner of kind 'stroke')."""
+    """Run a :class:`StrokeRequest` on ``engine`` (registered as the runner of kind 'stroke'):
+    GradOP+ is a step hook of the one loop, words an attention context, region prompts the
+    eps_fn it starts from; GradOP runs its two stages itself."""
     request = resolve_renderer(engine, request)
     if request.method == "sdedit":
         return _run_sdedit(engine, request, callback)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    setup = _setup(engine, request)
+    run = prepare(engine, request, request.size)
+    eps_fn = _base_eps(engine, request, run)
     loss, refine, target = _losses(engine, request)
     if request.method == "gradop+":
-        check_scheduler(setup.new_scheduler())
-    timings["encode"] = time.perf_counter() - start
-    start = time.perf_counter()
-    with semantic_context(engine, request, setup.cond, setup.new_scheduler()):
-        latents, trace = _sample(engine, request, setup, loss, refine, target, callback)
-    timings["denoise"] = time.perf_counter() - start - trace.seconds
-    timings["guidance"] = trace.seconds
-    start = time.perf_counter()
-    images = engine.decode(latents)
-    timings["decode"] = time.perf_counter() - start
-    return StrokeResult(images=images, seeds=setup.seeds, latents=latents, request=request, timings=timings,
-                        warnings=list(engine.bundle.warnings) + setup.encoder.warnings + setup.warnings
-                        + _window_warning(request),
-                        faithfulness=faithfulness(images, request), losses=trace.losses)
+        check_scheduler(run.scheduler)
+    run.lap("encode")
+    words = Guidance(context=lambda: semantic_context(engine, request, lambda: run.cond, run.new_scheduler()))
+    trace = GuidanceTrace()
+    if request.method == "gradop":
+        with words.context():
+            latents, trace = sample_gradop(run.noise, run.new_scheduler, eps_fn, loss, steps=request.steps,
+                                           strength=request.strength, grad_steps=request.grad_steps, lr=request.lr,
+                                           gamma=request.gamma, generators=run.generators, refine=refine,
+                                           extra_step_kwargs=run.step_kwargs, callback=callback,
+                                           preview=engine.preview)
+    else:
+        mask = None
+        if target.partial:
+            mask = target.pooled(engine.bundle.vae_scale_factor).mask.to(run.noise.dtype)
+        guided = gradop_plus_guidance(run.scheduler, loss, strength=request.strength,
+                                      iterative_steps=request.iterative_steps, grad_steps=request.grad_steps,
+                                      lr=request.lr, generators=run.generators, mask=mask, refine=refine, trace=trace,
+                                      callback=callback)
+        latents = run.loop(run.noise * run.scheduler.init_noise_sigma, run.scheduler.timesteps, eps_fn,
+                           [words, guided], callback)
+    run.lap("denoise")
+    run.timings["denoise"] -= trace.seconds
+    run.timings["guidance"] = trace.seconds
+    run.warnings += _window_warning(request)
+    result = run.finish(latents, result=StrokeResult, losses=trace.losses)
+    result.faithfulness = faithfulness(result.images, request)
+    return result
 
 
 def _window_warning(request: StrokeRequest) -> list[str]:
@@ -426,24 +412,6 @@ def _window_warning(request: StrokeRequest) -> list[str]:
     return [f"Only {len(window)} of {request.iterative_steps} iterative steps fit between the guidance start "
             f"(step {request.steps - int(request.steps * request.strength)}) and the last step: raise the steps "
             "or the strength to guide more."]
-
-
-def _sample(engine: Engine, request: StrokeRequest, setup: _Setup, loss: Loss, refine: tuple[Loss, int] | None,
-            target: StrokeTarget, callback: ProgressCallback | None) -> tuple[Tensor, GuidanceTrace]:
-    if request.method == "gradop":
-        return sample_gradop(setup.noise, setup.new_scheduler, setup.eps_fn, loss, steps=request.steps,
-                             strength=request.strength, grad_steps=request.grad_steps, lr=request.lr,
-                             gamma=request.gamma, generators=setup.generators, refine=refine,
-                             extra_step_kwargs=setup.step_kwargs, callback=callback, preview=engine.preview)
-    scheduler = setup.new_scheduler()
-    mask = None
-    if target.partial:
-        mask = target.pooled(engine.bundle.vae_scale_factor).mask.to(setup.noise.dtype)
-    return sample_gradop_plus(setup.noise, scheduler, setup.eps_fn, loss, strength=request.strength,
-                              iterative_steps=request.iterative_steps, grad_steps=request.grad_steps, lr=request.lr,
-                              generators=setup.generators, mask=mask, refine=refine,
-                              extra_step_kwargs=setup.step_kwargs(scheduler), callback=callback,
-                              preview=engine.preview)
 
 
 def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallback | None) -> StrokeResult:
@@ -462,7 +430,7 @@ def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallba
                               init_image=flatten_scribble(request.strokes), strength=request.strength,
                               max_pixels=request.max_pixels)
     bundle = engine.bundle
-    cond = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)(request.prompt)
+    cond = lambda: PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)(request.prompt)  # noqa: E731
     with semantic_context(engine, request, cond, make_scheduler(request.scheduler, bundle.scheduler_config)):
         result = engine.generate(plain, callback)
     return StrokeResult(images=result.images, seeds=result.seeds, latents=result.latents, request=request,

@@ -12,7 +12,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core.cli import main
-from core.engine import Engine, img2img_timesteps
+from core.engine import Engine
+from core.pipeline import img2img_timesteps
 from core.errors import CancelledError, StudioError
 from core.panorama import panorama_views
 from core.recipe import make_recipe, read_recipe, request_from_recipe
