@@ -60,3 +60,17 @@ def test_the_panorama_part_scores_realism_and_seams_of_each_window_mode(tiny_eng
     assert result["rows"]["text-to-image"]["images"] == 2
     assert "## Panoramas" in Q.markdown({"model": "tiny", "real_count": 6, "name": "t", "steps": 2, "seed": 0,
                                           "threads": 1, "command": "x", "seconds": 1.0, "panorama": result})
+
+
+def test_the_composed_part_scores_gradop_plus_with_region_prompts_beside_each_method_alone(tiny_engine) -> None:
+    result = Q.run_composed(tiny_engine, 1, 4, 0, lambda _: None)
+    assert result["scenes"] == 1 and result["regions"] == len(Q.region_scenes(1)[0].regions)
+    assert set(result["rows"]) == set(Q.COMPOSED_ROWS)
+    for row in result["rows"].values():
+        assert 0 <= row["region_colour_accuracy"] <= 1 and 0 < row["faithfulness"] < 1
+    # the composed run is guided by the scribble: closer to it than the region prompts alone
+    rows = result["rows"]
+    assert rows["GradOP+ 0.50 + region prompts"]["faithfulness"] < rows["MultiDiffusion (region prompts)"]["faithfulness"]
+    table = Q.markdown({"model": "tiny", "real_count": 6, "name": "t", "steps": 4, "seed": 0, "threads": 1,
+                        "command": "x", "seconds": 1.0, "composed": result})
+    assert "## Composed" in table and "GradOP+ fast 0.50 + region prompts" in table
