@@ -687,7 +687,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             for part in PARTS:
                 if part not in parts and part in old:
                     report[part] = old[part]
-                    report.setdefault("earlier_commands", []).append(old.get("command"))
+                    command = old.get("part_commands", {}).get(part, old.get("command"))
+                    report.setdefault("part_commands", {})[part] = command
+                    if command not in report.setdefault("earlier_commands", []):
+                        report["earlier_commands"].append(command)
     table = markdown(report)
     data = {k: v for k, v in report.items() if k not in ("regions", "stroke", "composed")}
     if "composed" in report:
