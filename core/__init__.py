@@ -7,7 +7,7 @@ methods (stroke guidance, region fusion) on top. Never imports streamlit.
 """
 from . import _compat  # noqa: F401  (first: quiets a harmless import warning)
 from .engine import Engine, GenerationResult
-from . import panorama, stroke_guidance, tiled_refine  # noqa: F401  (register their request kinds for run and replay)
+from . import methods  # noqa: F401  (registers every method's request kind for run and replay)
 from .errors import CancelledError, StudioError
 from .loading import LoadOptions, available_models, default_model, load_model
 from .outputs import replay, save_result

@@ -12,7 +12,6 @@ from .errors import StudioError
 from .latent_rgb import preview_image
 from .loading import LoadOptions, ModelBundle, load_model
 from .pipeline import GenerationResult, img2img_timesteps, prepare
-from .recipe import register_request_kind
 from .requests import GenerationRequest
 from .sampling import ModelFn, ProgressCallback, alpha_bar
 from .schedulers import check_steps
@@ -21,7 +20,7 @@ from .vae_codec import decode_latents, encode_image, fit_image, require_multiple
 
 
 Runner = Callable[["Engine", Any, "ProgressCallback | None"], GenerationResult]
-RUNNERS: dict[str, Runner] = {}  # request kind -> method; each method module registers its own
+RUNNERS: dict[str, Runner] = {}  # request kind -> method (core.methods fills it)
 
 
 class Engine:
@@ -119,7 +118,3 @@ class Engine:
         run.lap("encode")
         latents = run.loop(latents, timesteps, run.cfg_eps(), callback=callback)
         return run.finish(latents)
-
-RUNNERS["txt2img"] = RUNNERS["img2img"] = Engine.generate
-register_request_kind("txt2img", GenerationRequest)
-register_request_kind("img2img", GenerationRequest)

@@ -12,22 +12,21 @@ UNet in a few batched calls, and several images pair their CFG halves correctly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 
-from .engine import RUNNERS, Engine
+from .engine import Engine
 from .errors import StudioError
 from .prompts import PromptEncoder
-from .recipe import register_nested_class, register_request_kind
+from .recipe import register_nested_class
 from .region_fusion import Bootstrap, FusionPath, RegionFusion, View
 from .region_map import MAX_REGIONS, Region, background_weight, check_aspect, latent_masks
 from .regional_attention import RegionalAttention
-from .requests import (DEFAULT_MAX_PIXELS, check_flag, check_image, check_int, check_pixels, check_range,
-                       check_sampling, check_side, limit_field, show)
+from .requests import Sampling, check_flag, check_image, check_int, check_range, limit_field, show
 from .pipeline import GenerationResult, initial_noise, prepare
 from .sampling import ProgressCallback, alpha_bar
 from .shifted_windows import SHIFTS, ShiftedWindows, shifted_views, step_offsets, views_by_step
@@ -76,31 +75,23 @@ def panorama_views(height: int, width: int, window: int = 64, stride: int = 8, c
 # --- the request -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MultiDiffusionRequest:
-    """A region image or a panorama. ``prompt`` is the background's (a panorama's) prompt.
+@dataclass(frozen=True, kw_only=True)
+class MultiDiffusionRequest(Sampling):
+    """A region image or a panorama. ``prompt`` is the background's (a panorama's) prompt; width
+    and height default to the init image's, else native (regions) / 4x native (panorama).
 
     Window, stride and padding are in latent pixels (x8 for image pixels on SD): the
     reference's 64 / 8 are 512 / 64 image pixels.
     """
 
-    prompt: str
-    negative_prompt: str = ""
     regions: tuple[Region, ...] = ()  # painted regions on the canvas (masks of any size)
     kind: str = "regions"  # "regions" or "panorama": the same mechanism, named apart in recipes
-    width: int | None = None  # None: init image's, else native (regions) / 4x native (panorama)
-    height: int | None = None
     window: int | None = None  # view size, latent pixels; None: the model's native latent size (64 on SD 1.5)
     stride: int | None = None  # view stride, latent pixels; None: window // 8 (8 on SD 1.5)
     circular: bool = False  # 360-degree panorama: views wrap around horizontally
     windows: str = "sliding"  # "sliding": the paper's overlapping views (exact); "shifted": SpotDiffusion's
     # non-overlapping windows moved every step (core.shifted_windows: each pixel about once per step, faster)
     shift: str = "random"  # shifted windows' offsets: "random" (seeded, as SpotDiffusion) or "cyclic" (by stride)
-    steps: int = 30
-    guidance_scale: float = 7.5
-    seed: int = 0  # image i uses seed + i
-    scheduler: str = "default"
-    num_images: int = 1
     init_image: Image.Image | None = field(default=None, compare=False)
     strength: float = 0.75  # img2img: fraction of the schedule re-run from the noised input
     bootstrap: float = 0.4  # fraction of the (full) schedule's first steps that bootstrap regions
@@ -113,7 +104,6 @@ class MultiDiffusionRequest:
     unet_batch: int = 16  # rows (crop x prompt x image) per UNet call
     tiled_decode: bool | None = None  # None: tiled when the image is large
     max_regions: int = limit_field(MAX_REGIONS)
-    max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in KINDS:
@@ -125,10 +115,8 @@ class MultiDiffusionRequest:
         if len(self.regions) > self.max_regions:
             raise StudioError(f"{len(self.regions)} regions is over the limit of {self.max_regions}: merge some "
                               "colours, or raise the limit (max_regions / --max-regions).")
-        check_side("width", self.width)
-        check_side("height", self.height)
-        check_pixels(self.width, self.height, self.max_pixels)
-        check_sampling(self)
+        super().__post_init__()
+        check_range("Strength", self.strength, 0, 1)
         check_image("The init image", self.init_image, optional=True)
         if self.window is not None:
             check_int("Window", self.window, 1, 4096)
@@ -150,10 +138,6 @@ class MultiDiffusionRequest:
             raise StudioError("Choose one region mode: fast (bounding-box crops) or attention (one pass), not both.")
         check_int("UNet batch", self.unet_batch, 1, 1024)
         check_flag("Tiled decode", self.tiled_decode, optional=True)
-
-    def settings(self) -> dict[str, Any]:
-        """Every field but images, for recipes and logs."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("init_image", "regions")}
 
 
 def canvas_size(request: MultiDiffusionRequest, native: int) -> tuple[int, int]:
@@ -342,7 +326,4 @@ def run_multidiffusion(engine: Engine, request: MultiDiffusionRequest,
     return run.finish(latents, decode=lambda z: tensor_to_pils(
         decode_canvas(bundle.vae, z, bundle.vae_scale_factor, request.circular, request.tiled_decode)))
 
-for _kind in KINDS:
-    RUNNERS[_kind] = run_multidiffusion
-    register_request_kind(_kind, MultiDiffusionRequest)
 register_nested_class(Region)  # recipes rebuild the regions nested in a request

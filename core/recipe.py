@@ -28,7 +28,7 @@ from .requests import LIMIT, is_int, show
 
 RECIPE_VERSION = 1
 MAX_RECIPE_BYTES = 64 * 2**20  # a recipe's JSON, embedded images included (4096x2048 noise is ~35 MB)
-# kind -> request class; each method registers its own (see register_request_kind)
+# kind -> request class (core.methods registers every method)
 REQUEST_KINDS: dict[str, type] = {}
 # dataclass name -> class, for dataclasses nested in requests (see register_nested_class)
 NESTED_CLASSES: dict[str, type] = {}

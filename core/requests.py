@@ -107,33 +107,32 @@ def check_pixels(width: int | None, height: int | None, max_pixels: Any) -> None
 
 
 def check_sampling(request: Any) -> None:
-    """The settings every generating request shares: prompts, steps, guidance, seed, images, strength,
-    scheduler (canonicalised here)."""
+    """The settings every generating request shares (:class:`Sampling`): prompts, steps, guidance,
+    seed, number of images, scheduler (canonicalised here)."""
     check_text("The prompt", request.prompt)
     check_text("The negative prompt", request.negative_prompt)
     check_int("Steps", request.steps, 1, 1000)
     check_range("Guidance scale", request.guidance_scale, 0, 50)
     check_int("Seed", request.seed, 0, MAX_SEED)
     check_int("Number of images", request.num_images, 1, 16)
-    check_range("Strength", request.strength, 0, 1)
     object.__setattr__(request, "scheduler", canonical_scheduler_name(request.scheduler))
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """Text-to-image, or img2img (SDEdit, Meng et al. 2022) when ``init_image`` is given."""
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """The settings every generating request shares. Each request class adds its method's own
+    fields (and may change a default by declaring a field again, keyword-only); ``prompt`` is the
+    one positional field. Checked in ``__post_init__``: a subclass calls ``super().__post_init__()``."""
 
-    prompt: str
+    prompt: str = field(kw_only=False)  # the prompt (a region request's: the background's)
     negative_prompt: str = ""
-    width: int | None = None  # None: the init image's width, else the model's native size
+    width: int | None = None  # None: the request's own default (an input image's, else the model's native size)
     height: int | None = None
-    steps: int = 30  # scheduler steps for the full schedule (img2img runs strength * steps)
+    steps: int = 30  # scheduler steps of the full schedule
     guidance_scale: float = 7.5  # classifier-free guidance w; <= 1 disables the unconditional pass
     seed: int = 0  # image i of a batch uses seed + i
     scheduler: str = "default"  # default (the model's own), ddim, euler, euler_a, dpmpp_2m, lcm
     num_images: int = 1
-    init_image: Image.Image | None = field(default=None, compare=False)
-    strength: float = 0.75  # img2img: fraction of the schedule re-run from the noised input
     max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)  # refuse larger images (memory and time)
 
     def __post_init__(self) -> None:
@@ -141,12 +140,31 @@ class GenerationRequest:
         check_side("height", self.height)
         check_pixels(self.width, self.height, self.max_pixels)
         check_sampling(self)
+
+    def sampling(self) -> dict[str, Any]:
+        """The shared settings as keyword arguments, to build another request with them."""
+        return {f.name: getattr(self, f.name) for f in fields(Sampling)}
+
+    def settings(self) -> dict[str, Any]:
+        """Every field but images and regions (recorded apart), for recipes and logs."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_SETTINGS}
+
+
+NOT_SETTINGS = ("init_image", "strokes", "regions")  # fields a recipe records apart from the settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest(Sampling):
+    """Text-to-image, or img2img (SDEdit, Meng et al. 2022) when ``init_image`` is given."""
+
+    init_image: Image.Image | None = field(default=None, compare=False)  # None: text-to-image
+    strength: float = 0.75  # img2img: fraction of the schedule re-run from the noised input (steps * strength)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("Strength", self.strength, 0, 1)
         check_image("The init image", self.init_image, optional=True)
 
     @property
     def kind(self) -> str:
         return "img2img" if self.init_image is not None else "txt2img"
-
-    def settings(self) -> dict[str, Any]:
-        """Every field but images, for recipes and logs."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "init_image"}

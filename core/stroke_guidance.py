@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .attention_control import SemanticControl, colour_mask, semantic_attention, word_regions
 from .colors import parse_color
-from .engine import RUNNERS, Engine
+from .engine import Engine
 from .errors import StudioError
 from .gradop import sample_gradop
 from .gradop_plus import check_scheduler, gradop_plus_guidance, guided_steps
@@ -47,12 +47,11 @@ from .pipeline import GenerationResult, Guidance, Run, prepare
 from .latent_rgb import latent_rgb_map
 from .panorama import MultiDiffusionRequest, bootstrap_for, fusion_eps_fn, fusion_setup, region_noise
 from .prompts import PromptEncoder
-from .recipe import register_request_kind
 from .region_map import MAX_REGIONS, Region
-from .requests import (DEFAULT_MAX_PIXELS, GenerationRequest, check_flag, check_image, check_int, check_pixels,
-                       check_range, check_sampling, check_side, limit_field, show)
+from .requests import (GenerationRequest, Sampling, check_flag, check_image, check_int, check_pixels, check_range,
+                       limit_field, show)
 from .sampling import EpsFn, ProgressCallback
-from .schedulers import canonical_scheduler_name, make_scheduler
+from .schedulers import make_scheduler
 from .model_settings import read_recommended
 from .sdedit import flatten_scribble
 from .stroke_loss import (GuidanceTrace, Loss, StrokeTarget, decoder_renderer, linear_renderer, painting_loss,
@@ -72,21 +71,15 @@ METHOD_DEFAULTS: dict[str, dict[str, float | int]] = {  # per method, for fields
 RENDERERS = ("linear", "tiny", "auto")  # fast mode's renderers (see StrokeRequest.renderer)
 
 
-@dataclass(frozen=True)
-class StrokeRequest:
-    """Scribble + prompt -> image by GradOP+, GradOP or SDEdit (defaults: the GradOP+ reference)."""
+@dataclass(frozen=True, kw_only=True)
+class StrokeRequest(Sampling):
+    """Scribble + prompt -> image by GradOP+, GradOP or SDEdit (defaults: the GradOP+ reference).
+    Width and height default to the scribble's (multiples of 8)."""
 
-    prompt: str
     strokes: Image.Image = field(compare=False)  # RGB, or RGBA whose transparent pixels do not constrain
     method: str = "gradop+"  # gradop+, gradop or sdedit
-    negative_prompt: str = ""
-    width: int | None = None  # None: the scribble's width (multiple of 8)
-    height: int | None = None
     steps: int = 50  # scheduler steps of the full schedule
-    guidance_scale: float = 7.5  # classifier-free guidance w
-    seed: int = 0  # image i of a batch uses seed + i
     scheduler: str = "ddim"  # gradop+ needs a single-step one: ddim, euler, euler_a, lcm (or a DDPM default)
-    num_images: int = 1
     strength: float | None = None  # gradop+: start step = steps - int(steps*strength); gradop: t0; sdedit: img2img
     iterative_steps: int = 3  # gradop+: guided steps N (clipped to the schedule, never the last step)
     grad_steps: int | None = None  # Adam steps per guided step (gradop+: 12) or for the objective (gradop: 40)
@@ -107,24 +100,21 @@ class StrokeRequest:
     region_bootstrap: float = 0.4  # MultiDiffusion bootstrapping: share of the schedule's first steps
     region_attention: bool = False  # region prompts in one UNet pass (core.regional_attention), not fused
     max_regions: int = limit_field(MAX_REGIONS)
-    max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)
 
     def __post_init__(self) -> None:
         self._check_inputs()
+        super().__post_init__()
         defaults = METHOD_DEFAULTS[self.method]
         if self.strength is None:
             object.__setattr__(self, "strength", float(defaults["strength"]))
         if self.grad_steps is None:
             object.__setattr__(self, "grad_steps", int(defaults["grad_steps"]))
-        object.__setattr__(self, "scheduler", canonical_scheduler_name(self.scheduler))
         object.__setattr__(self, "words", word_pairs(self.words))
         self._check_values()
         self._check_words()
         self._check_regions()
 
     def _check_inputs(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise StudioError("The prompt must be text.")
         if not isinstance(self.method, str) or self.method not in METHODS:
             raise StudioError(f"Unknown method {show(self.method)}: choose one of {', '.join(METHODS)}.")
         if not isinstance(self.strokes, Image.Image):
@@ -135,16 +125,13 @@ class StrokeRequest:
         if not (alpha_channel(self.strokes) > 0).any():
             raise StudioError("The scribble is empty (every pixel is transparent): paint something on it.")
         for name, own in (("width", self.strokes.width), ("height", self.strokes.height)):
-            value = getattr(self, name)
-            if value is None:
+            if getattr(self, name) is None:
                 require_multiple_of(own, f"The scribble's {name}")
-            else:
-                check_side(name, value)
 
     def _check_values(self) -> None:
         w, h = self.size
         check_pixels(w, h, self.max_pixels)
-        check_sampling(self)
+        check_range("Strength", self.strength, 0, 1)
         check_int("Iterative steps", self.iterative_steps, 0, 100)
         check_int("Gradient steps", self.grad_steps, 0, 1000)
         check_range("Learning rate", self.lr, 1e-6, 10)
@@ -186,11 +173,9 @@ class StrokeRequest:
     def fusion_request(self, **extra: Any) -> MultiDiffusionRequest:
         """The MultiDiffusion half of a request with region prompts."""
         width, height = self.size
-        return MultiDiffusionRequest(
-            prompt=self.prompt, negative_prompt=self.negative_prompt, regions=self.regions, width=width,
-            height=height, steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
-            scheduler=self.scheduler, num_images=self.num_images, bootstrap=self.region_bootstrap,
-            attention=self.region_attention, max_regions=self.max_regions, max_pixels=self.max_pixels, **extra)
+        return MultiDiffusionRequest(**{**self.sampling(), "width": width, "height": height}, regions=self.regions,
+                                     bootstrap=self.region_bootstrap, attention=self.region_attention,
+                                     max_regions=self.max_regions, **extra)
 
     @property
     def kind(self) -> str:
@@ -205,10 +190,6 @@ class StrokeRequest:
     def blur(self) -> tuple[float, int]:
         """The painting blur (sigma, kernel) at 512 px (core.stroke_loss scales it to the size)."""
         return self.blur_sigma, self.blur_kernel
-
-    def settings(self) -> dict[str, Any]:
-        """Every field but the scribble and the region masks, for recipes and logs."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("strokes", "regions")}
 
 
 def fidelity_parameters(method: str, fidelity: float) -> dict[str, Any]:
@@ -438,5 +419,3 @@ def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallba
                         faithfulness=faithfulness(result.images, request))
 
 
-RUNNERS["stroke"] = run_stroke
-register_request_kind("stroke", StrokeRequest)

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .engine import RUNNERS, Engine, GenerationResult
+from .engine import Engine, GenerationResult
 from .errors import StudioError
 from .panorama import MultiDiffusionRequest, run_multidiffusion
-from .recipe import read_recipe, register_request_kind, request_from_recipe
+from .recipe import read_recipe, request_from_recipe
 from .region_map import MAX_REGIONS, Region
 from .requests import DEFAULT_MAX_PIXELS, check_image, check_int, check_pixels, check_range, limit_field, show
 from .sampling import ProgressCallback, ProgressEvent
@@ -161,5 +161,3 @@ def run_upscale(engine: Engine, request: UpscaleRequest, callback: ProgressCallb
                             timings=timings, warnings=warnings + result.warnings)
 
 
-RUNNERS["upscale"] = run_upscale
-register_request_kind("upscale", UpscaleRequest)
