@@ -41,8 +41,8 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def lora_flag(text: str) -> tuple[str, float | None]:
-    """``--lora FILE[:SCALE]`` -> (FILE, SCALE or None); the scale is what follows the last ':'
+def file_and_number(text: str, example: str, what: str) -> tuple[str, float | None]:
+    """``FILE[:NUMBER]`` -> (FILE, NUMBER or None); the number is what follows the last ':'
     after a file name with a suffix (so ``C:\\loras\\x.safetensors`` is a file)."""
     head, sep, tail = text.rpartition(":")
     if not sep or not Path(head).suffix or any(c in tail for c in "/\\"):
@@ -50,8 +50,17 @@ def lora_flag(text: str) -> tuple[str, float | None]:
     try:
         return head, float(tail)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"the scale after ':' in {text!r} must be a number from 0 to 4, "
-                                         "e.g. FILE.safetensors:0.8") from None
+        raise argparse.ArgumentTypeError(f"the {what} after ':' in {text!r} must be a number, e.g. {example}") from None
+
+
+def lora_flag(text: str) -> tuple[str, float | None]:
+    """``--lora FILE[:SCALE]``."""
+    return file_and_number(text, "FILE.safetensors:0.8 (0 to 4)", "scale")
+
+
+def weight_flag(text: str) -> tuple[str, float | None]:
+    """``--image-prompt FILE[:WEIGHT]``."""
+    return file_and_number(text, "painting.png:0.8 (0 to 10)", "weight")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +81,40 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary (with timings) on stdout")
 
 
+def add_image_prompts(parser: argparse.ArgumentParser) -> None:
+    """MGAD's image prompts (core.image_prompt), shared by every generating command."""
+    group = parser.add_argument_group("image prompts (MGAD CLIP guidance)")
+    group.add_argument("--image-prompt", type=weight_flag, action="append", default=[], metavar="FILE[:WEIGHT]",
+                       help="a reference picture whose look the result takes on (repeatable; weight 0-10, default 1)")
+    group.add_argument("--image-guidance", type=float, default=None, metavar="SCALE",
+                       help="strength of the image prompts' CLIP guidance (default 1; 0 turns it off)")
+    group.add_argument("--clip-model", default=None, help="CLIP folder in transformers format (default: the "
+                       "bundled studio-clip; e.g. pretrained_models/clip-vit-base-patch32)")
+    group.add_argument("--clip-text-weight", type=float, default=None,
+                       help="also pull the picture towards the prompt in CLIP space (MGAD's text prompt; default 0)")
+    group.add_argument("--image-renderer", default=None, choices=("linear", "tiny", "vae"),
+                       help="what CLIP sees of the predicted image: linear (fast, default), tiny decoder, vae (exact)")
+
+
+def image_guidance(args: argparse.Namespace, regional: bool = False) -> Any:
+    """The ImageGuidance of the flags, or None without image prompts (``regional``: some region
+    of the prompts file has an image, so the settings apply even without --image-prompt)."""
+    from .image_prompt import ImageGuidance, ImagePrompt
+
+    files = getattr(args, "image_prompt", None) or []
+    text_weight = getattr(args, "clip_text_weight", None)
+    if not files and not text_weight and not regional:
+        for flag in ("image_guidance", "clip_model", "image_renderer"):
+            if getattr(args, flag, None) is not None:
+                raise StudioError(f"--{flag.replace('_', '-')} needs an image prompt: add --image-prompt FILE.")
+        return None
+    prompts = tuple(ImagePrompt(open_image(path, "Image prompt"), 1.0 if weight is None else weight)
+                    for path, weight in files)
+    settings = {k: v for k, v in (("scale", args.image_guidance), ("clip_model", args.clip_model),
+                                  ("text_weight", text_weight), ("renderer", args.image_renderer)) if v is not None}
+    return ImageGuidance(prompts=prompts, **settings)
+
+
 def add_generation(parser: argparse.ArgumentParser, size_default_help: str, prompt: bool = True) -> None:
     """Prompt and sampling flags shared by every generating command (``prompt=False``: no --prompt)."""
     if prompt:
@@ -88,6 +131,7 @@ def add_generation(parser: argparse.ArgumentParser, size_default_help: str, prom
                         "model's recommendation, else its own)")
     parser.add_argument("--num-images", type=int, default=1, help="variations; image i uses seed + i")
     parser.add_argument("--out", required=True, help="output .png (several images: OUT-1.png, OUT-2.png, ...)")
+    add_image_prompts(parser)
 
 
 def apply_recommended(args: argparse.Namespace) -> None:
@@ -160,7 +204,8 @@ def generation_request(args: argparse.Namespace, **extra: Any) -> GenerationRequ
     seed = args.seed if args.seed is not None else random_seed()
     return GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
                              height=args.height, steps=args.steps, guidance_scale=args.cfg, seed=seed,
-                             scheduler=args.scheduler, num_images=args.num_images, **extra)
+                             scheduler=args.scheduler, num_images=args.num_images,
+                             image_guidance=image_guidance(args), **extra)
 
 
 def cmd_txt2img(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .cli import add_common, add_generation, load_engine, run_and_save
+from .cli import add_common, add_generation, image_guidance, load_engine, run_and_save
 from .errors import StudioError
 from .colors import free_white
 from .inputs import open_image
@@ -96,7 +96,8 @@ def _request(args: argparse.Namespace, kind: str, prompt: str, width: int | None
         scheduler=args.scheduler, num_images=args.num_images, init_image=init, strength=args.strength,
         bootstrap=args.bootstrap, soft_masks=args.soft, feather=args.feather, fast=args.fast,
         attention=args.attention, bbox_padding=args.bbox_padding, unet_batch=args.unet_batch,
-        tiled_decode=args.tiled_decode, max_regions=args.max_regions, **extra)
+        tiled_decode=args.tiled_decode, max_regions=args.max_regions,
+        image_guidance=image_guidance(args, any(r.image_prompt for r in regions)), **extra)
 
 
 def _run(args: argparse.Namespace, request: MultiDiffusionRequest, notes: list[str]) -> dict[str, Any]:
@@ -135,7 +136,8 @@ def _keep_colours_request(args: argparse.Namespace, image: Image.Image, prompt: 
                           scheduler="ddim" if args.scheduler in (None, "default") else args.scheduler,
                           num_images=args.num_images, regions=tuple(regions),
                           region_bootstrap=args.bootstrap, region_attention=args.attention,
-                          max_regions=args.max_regions)
+                          max_regions=args.max_regions,
+                          image_guidance=image_guidance(args, any(r.image_prompt for r in regions)))
 
 
 def cmd_panorama(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from .cli import add_common, add_generation, load_engine, run_and_save
+from .cli import add_common, add_generation, image_guidance, load_engine, run_and_save
 from .errors import StudioError
 from .inputs import open_image, read_json_file
 from .region_map import load_prompt_table, regions_from_map
@@ -50,6 +50,7 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
         refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
         region_attention=args.region_attention, renderer=args.renderer,
+        image_guidance=image_guidance(args, any(r.image_prompt for r in regions)),
     )
     result = run_and_save(args, load_engine(args), request)
     result["warnings"] = notes + list(result.get("warnings", []))

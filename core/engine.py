@@ -9,6 +9,7 @@ from PIL import Image
 from torch import Tensor
 
 from .errors import StudioError
+from .image_prompt import image_prompt_guidances
 from .latent_rgb import preview_image
 from .loading import LoadOptions, ModelBundle, load_model
 from .pipeline import GenerationResult, img2img_timesteps, prepare
@@ -116,5 +117,6 @@ class Engine:
         noise = run.draw_noise()
         latents, timesteps = self.start_latents(run.scheduler, noise, request, width, height)
         run.lap("encode")
-        latents = run.loop(latents, timesteps, run.cfg_eps(), callback=callback)
+        guidances = image_prompt_guidances(self, request, run.scheduler)
+        latents = run.loop(latents, timesteps, run.cfg_eps(), guidances, callback=callback)
         return run.finish(latents)

@@ -11,7 +11,8 @@ from importlib import import_module
 from typing import Any
 
 from .engine import RUNNERS, Runner
-from .recipe import register_request_kind
+from .image_prompt import ImageGuidance, ImagePrompt
+from .recipe import register_nested_class, register_request_kind
 
 METHODS: tuple[tuple[str, str, str], ...] = (  # request kind, "module:RequestClass", "module:runner"
     ("txt2img", "requests:GenerationRequest", "engine:Engine.generate"),
@@ -40,3 +41,6 @@ def resolve(path: str) -> Any:
 
 for _kind, _request_class, _runner in METHODS:
     register_method(_kind, resolve(_request_class), resolve(_runner))
+
+register_nested_class(ImagePrompt)  # recipes rebuild image prompts (their images embedded)
+register_nested_class(ImageGuidance)

@@ -26,6 +26,7 @@ from .recipe import register_nested_class
 from .region_fusion import Bootstrap, FusionPath, RegionFusion, View
 from .region_map import MAX_REGIONS, Region, background_weight, check_aspect, latent_masks
 from .regional_attention import RegionalAttention
+from .image_prompt import image_prompt_guidances, region_image_prompts
 from .requests import Sampling, check_flag, check_image, check_int, check_range, limit_field, show
 from .pipeline import GenerationResult, initial_noise, prepare
 from .sampling import ProgressCallback, alpha_bar
@@ -320,7 +321,8 @@ def run_multidiffusion(engine: Engine, request: MultiDiffusionRequest,
     latents, timesteps = engine.start_latents(run.scheduler, run.noise, request, width, height)
     bootstrap = bootstrap_for(engine, request, run.scheduler, setup.paths, run.noise)
     run.lap("encode")
-    latents = run.loop(latents, timesteps, fusion_eps_fn(engine, request, run.scheduler, setup, bootstrap),
+    images = image_prompt_guidances(engine, request, run.scheduler, region_image_prompts(setup.regions, setup.masks))
+    latents = run.loop(latents, timesteps, fusion_eps_fn(engine, request, run.scheduler, setup, bootstrap), images,
                        callback=callback)
     run.warnings = setup.warnings + _clipping_warning(run.scheduler, setup)
     return run.finish(latents, decode=lambda z: tensor_to_pils(

@@ -25,7 +25,8 @@ from torch import Tensor
 from .blur import gaussian_blur, kernel_for
 from .colors import flatten, parse_color, read_region_map
 from .errors import StudioError
-from .inputs import MAX_INPUT_PIXELS, check_image_size, has_alpha, normalise_mode, read_json_file
+from .image_prompt import ImagePrompt
+from .inputs import MAX_INPUT_PIXELS, check_image_size, has_alpha, normalise_mode, open_image, read_json_file
 from .requests import MAX_SEED, check_int, check_range, check_text, is_number, show
 
 MAX_REGIONS = int(os.environ.get("STUDIO_MAX_REGIONS", 16))  # default limit on regions per request
@@ -66,12 +67,15 @@ class Region:
     weight: float = 1.0  # multiplies the mask in the fusion (relative to the background's 1)
     guidance_scale: float | None = None  # None: the request's
     name: str = ""  # for messages, e.g. its colour "#ff0000"
+    image_prompt: ImagePrompt | None = None  # a reference picture for this region (core.image_prompt)
 
     def __post_init__(self) -> None:
         check_text("A region's prompt", self.prompt)
         check_text("A region's name", self.name)
         label = self.label
         object.__setattr__(self, "mask", _mask_image(self.mask))
+        if self.image_prompt is not None and not isinstance(self.image_prompt, ImagePrompt):
+            raise StudioError(f"Region {label}: its image prompt must be a core.image_prompt.ImagePrompt.")
         try:
             check_entry(self.negative_prompt, self.seed, self.weight, self.guidance_scale)
         except StudioError as exc:
@@ -108,16 +112,41 @@ class ColorPrompt:
     seed: int | None = None
     weight: float = 1.0
     guidance_scale: float | None = None
+    image: ImagePrompt | None = None  # a reference picture for the region (needs a prompt, "" for none)
 
     def __post_init__(self) -> None:
         check_text("The prompt", self.prompt, optional=True)
         check_entry(self.negative_prompt, self.seed, self.weight, self.guidance_scale)
+        if self.image is not None and self.prompt is None:
+            raise StudioError("A background colour (prompt null) cannot have an image prompt: give the region a "
+                              "prompt (\"\" for the image alone), or use --image-prompt for the whole picture.")
 
 
-_ENTRY_KEYS = {"prompt", "negative", "negative_prompt", "seed", "weight", "guidance_scale", "cfg"}
+_ENTRY_KEYS = {"prompt", "negative", "negative_prompt", "seed", "weight", "guidance_scale", "cfg", "image",
+               "image_weight"}
 
 
-def _color_prompt(color: str, entry: Any) -> ColorPrompt:
+def _entry_image(color: str, entry: Mapping, base: Path | None) -> ImagePrompt | None:
+    """The entry's ``"image"`` (a file name, relative to the prompts file) and ``"image_weight"``."""
+    if "image" not in entry:
+        if "image_weight" in entry:
+            raise StudioError(f"The entry for {color} has an image_weight but no image.")
+        return None
+    name = entry["image"]
+    if not isinstance(name, str) or not name.strip():
+        raise StudioError(f"The entry for {color}: \"image\" must be an image file name, got {show(name)}.")
+    if base is None:
+        raise StudioError(f"The entry for {color} names an image; image prompts are read from a prompts file "
+                          "(its images relative to it), not from inline JSON.")
+    path = base / name
+    weight = entry.get("image_weight", 1.0)
+    try:
+        return ImagePrompt(open_image(path, f"The image of {color}"), weight)
+    except StudioError as exc:
+        raise StudioError(f"The entry for {color}: {exc}") from None
+
+
+def _color_prompt(color: str, entry: Any, base: Path | None = None) -> ColorPrompt:
     if entry is None or isinstance(entry, str):
         return ColorPrompt(entry)
     if not isinstance(entry, Mapping):
@@ -126,22 +155,25 @@ def _color_prompt(color: str, entry: Any) -> ColorPrompt:
     unknown = set(entry) - _ENTRY_KEYS
     if unknown:
         raise StudioError(f"Unknown key(s) {', '.join(sorted(unknown))} for {color}: use prompt, negative, seed, "
-                          "weight, guidance_scale.")
+                          "weight, guidance_scale, image, image_weight.")
     if "prompt" not in entry:
         raise StudioError(f"The entry for {color} has no \"prompt\" (use null for the background).")
     for pair in (("negative", "negative_prompt"), ("guidance_scale", "cfg")):
         if set(pair) <= set(entry):
             raise StudioError(f"The entry for {color} has both {pair[0]} and {pair[1]}: keep one.")
     scale = entry.get("guidance_scale", entry.get("cfg"))
+    image = _entry_image(color, entry, base)
     try:
         return ColorPrompt(prompt=entry["prompt"], negative_prompt=entry.get("negative", entry.get("negative_prompt")),
-                           seed=entry.get("seed"), weight=entry.get("weight", 1.0), guidance_scale=scale)
+                           seed=entry.get("seed"), weight=entry.get("weight", 1.0), guidance_scale=scale,
+                           image=image)
     except StudioError as exc:
         raise StudioError(f"The entry for {color}: {exc}") from None
 
 
-def parse_prompt_table(data: Any) -> dict[str, ColorPrompt]:
-    """{"#rrggbb": "prompt" | null | {"prompt": ..., "negative": ..., "seed": ...}} -> table."""
+def parse_prompt_table(data: Any, base: Path | None = None) -> dict[str, ColorPrompt]:
+    """{"#rrggbb": "prompt" | null | {"prompt": ..., "negative": ..., "seed": ..., "image": ...}} -> table.
+    ``base``: the folder that entries' image file names are relative to (None: images refused)."""
     if not isinstance(data, Mapping) or not data:
         raise StudioError("The prompts file must be a JSON object mapping colours to prompts, "
                           "e.g. {\"#ff0000\": \"a red sun\", \"#ffffff\": null}.")
@@ -152,13 +184,14 @@ def parse_prompt_table(data: Any) -> dict[str, ColorPrompt]:
         color = parse_color(key)
         if color in table:
             raise StudioError(f"Colour {color} is listed twice in the prompts file: keep one entry.")
-        table[color] = _color_prompt(color, entry)
+        table[color] = _color_prompt(color, entry, base)
     return table
 
 
 def load_prompt_table(path: str | Path) -> dict[str, ColorPrompt]:
     """Read a prompts JSON file (see :func:`parse_prompt_table`)."""
-    return parse_prompt_table(read_json_file(path, "Prompts file", '{"#ff0000": "a red sun", "#ffffff": null}'))
+    data = read_json_file(path, "Prompts file", '{"#ff0000": "a red sun", "#ffffff": null}')
+    return parse_prompt_table(data, Path(path).parent)
 
 
 # --- region maps -----------------------------------------------------------------------------
@@ -203,7 +236,8 @@ def regions_from_map(image: Image.Image, table: Mapping[str, ColorPrompt | str |
             continue  # background colour
         mask = Image.fromarray(found[color].mask.astype(np.uint8) * 255, mode="L")
         regions.append(Region(mask=mask, prompt=entry.prompt, negative_prompt=entry.negative_prompt,
-                              seed=entry.seed, weight=entry.weight, guidance_scale=entry.guidance_scale, name=color))
+                              seed=entry.seed, weight=entry.weight, guidance_scale=entry.guidance_scale, name=color,
+                              image_prompt=entry.image))
     return regions, warnings
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from .errors import StudioError
+from .image_prompt import ImageGuidance
 from .inputs import MAX_INPUT_PIXELS, check_image_size
 from .schedulers import canonical_scheduler_name
 from .vae_codec import require_multiple_of
@@ -134,8 +135,12 @@ class Sampling:
     scheduler: str = "default"  # default (the model's own), ddim, euler, euler_a, dpmpp_2m, lcm
     num_images: int = 1
     max_pixels: int = limit_field(DEFAULT_MAX_PIXELS)  # refuse larger images (memory and time)
+    image_guidance: ImageGuidance | None = None  # image prompts (MGAD CLIP guidance, core.image_prompt)
 
     def __post_init__(self) -> None:
+        if self.image_guidance is not None and not isinstance(self.image_guidance, ImageGuidance):
+            raise StudioError("image_guidance must be a core.image_prompt.ImageGuidance (image prompts and scale), "
+                              f"got {show(self.image_guidance)}.")
         check_side("width", self.width)
         check_side("height", self.height)
         check_pixels(self.width, self.height, self.max_pixels)
@@ -150,7 +155,7 @@ class Sampling:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_SETTINGS}
 
 
-NOT_SETTINGS = ("init_image", "strokes", "regions")  # fields a recipe records apart from the settings
+NOT_SETTINGS = ("init_image", "strokes", "regions", "image_guidance")  # fields a recipe records apart from the settings
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,7 @@ from .engine import Engine
 from .errors import StudioError
 from .gradop import sample_gradop
 from .gradop_plus import check_scheduler, gradop_plus_guidance, guided_steps
+from .image_prompt import image_prompt_guidances, region_image_prompts
 from .inputs import alpha_channel
 from .pipeline import GenerationResult, Guidance, Run, prepare
 from .latent_rgb import latent_rgb_map
@@ -291,19 +292,21 @@ def semantic_context(engine: Engine, request: StrokeRequest, cond: Callable[[], 
     return semantic_attention(bundle.unet, control, scheduler)
 
 
-def _base_eps(engine: Engine, request: StrokeRequest, run: Run) -> EpsFn:
+def _base_eps(engine: Engine, request: StrokeRequest, run: Run) -> tuple[EpsFn, list[Guidance]]:
     """The eps_fn that stroke guidance steers, with the run's noise drawn: classifier-free
-    guidance, or with region prompts MultiDiffusion's fusion (the guidance is unchanged)."""
+    guidance, or with region prompts MultiDiffusion's fusion (the guidance is unchanged); and
+    the image prompts' guidances (the whole picture's, and each region's)."""
     if not request.regions:
         run.draw_noise()
-        return run.cfg_eps()
+        return run.cfg_eps(), image_prompt_guidances(engine, request, run.scheduler)
     fusion = request.fusion_request()
     fused = fusion_setup(engine, fusion, run.encoder, request.size)
     run.noise, run.generators = region_noise(fusion, fused.regions, fused.masks, run.shape, engine.bundle.device,
                                              fused.embeddings.dtype)
     run.warnings += fused.warnings
+    images = image_prompt_guidances(engine, request, run.scheduler, region_image_prompts(fused.regions, fused.masks))
     return fusion_eps_fn(engine, fusion, run.scheduler, fused,
-                         bootstrap_for(engine, fusion, run.scheduler, fused.paths, run.noise))
+                         bootstrap_for(engine, fusion, run.scheduler, fused.paths, run.noise)), images
 
 
 def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, int] | None, StrokeTarget]:
@@ -350,7 +353,7 @@ def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallbac
     if request.method == "sdedit":
         return _run_sdedit(engine, request, callback)
     run = prepare(engine, request, request.size)
-    eps_fn = _base_eps(engine, request, run)
+    eps_fn, images = _base_eps(engine, request, run)
     loss, refine, target = _losses(engine, request)
     if request.method == "gradop+":
         check_scheduler(run.scheduler)
@@ -358,6 +361,8 @@ def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallbac
     words = Guidance(context=lambda: semantic_context(engine, request, lambda: run.cond, run.new_scheduler()))
     trace = GuidanceTrace()
     if request.method == "gradop":
+        for image in images:  # GradOP samples with its own loops: the image prompts wrap its eps_fn
+            eps_fn = image.wrap(eps_fn)
         with words.context():
             latents, trace = sample_gradop(run.noise, run.new_scheduler, eps_fn, loss, steps=request.steps,
                                            strength=request.strength, grad_steps=request.grad_steps, lr=request.lr,
@@ -373,7 +378,7 @@ def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallbac
                                       lr=request.lr, generators=run.generators, mask=mask, refine=refine, trace=trace,
                                       callback=callback)
         latents = run.loop(run.noise * run.scheduler.init_noise_sigma, run.scheduler.timesteps, eps_fn,
-                           [words, guided], callback)
+                           [words, guided, *images], callback)
     run.lap("denoise")
     run.timings["denoise"] -= trace.seconds
     run.timings["guidance"] = trace.seconds
@@ -409,7 +414,7 @@ def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallba
                               height=height, steps=request.steps, guidance_scale=request.guidance_scale,
                               seed=request.seed, scheduler=request.scheduler, num_images=request.num_images,
                               init_image=flatten_scribble(request.strokes), strength=request.strength,
-                              max_pixels=request.max_pixels)
+                              max_pixels=request.max_pixels, image_guidance=request.image_guidance)
     bundle = engine.bundle
     cond = lambda: PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)(request.prompt)  # noqa: E731
     with semantic_context(engine, request, cond, make_scheduler(request.scheduler, bundle.scheduler_config)):
