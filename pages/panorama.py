@@ -71,12 +71,13 @@ with left:
                   help="Non-overlapping windows that move at every step instead of MultiDiffusion's overlapping "
                        "ones: several times faster on wide panoramas, with slightly weaker blending between "
                        "windows (see the README's panorama figures).")
+    image_prompt = widgets.image_prompt_controls(PAGE)
 
     busy = shared.active_job(PAGE) is not None
     if shared.generate_button(PAGE, engine):
         settings = widgets.region_settings(PAGE, rows, background_key="prompt", width=width, height=height,
                                            window=shared.native_latent(engine), circular=circular,
-                                           shifted=bool(ss[f"{PAGE}.shifted"]))
+                                           shifted=bool(ss[f"{PAGE}.shifted"]), image_prompt=image_prompt)
         try:
             request = panorama_request(settings, widgets.cleaned_map(PAGE, region_map) if region_map else None)
         except StudioError as exc:

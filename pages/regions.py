@@ -117,6 +117,7 @@ with right:
     rows = widgets.region_prompt_table(PAGE, regions)
     out_w, out_h = width * int(ss[f"{PAGE}.multiplier"]), height
     st.caption(f"Output: {out_w}×{out_h} px")
+    image_prompt = widgets.image_prompt_controls(PAGE, [r["color"] for r in rows])
 
     settings = widgets.region_settings(
         PAGE, rows, background_key="background", width=width, height=height,
@@ -125,7 +126,7 @@ with right:
         circular=bool(ss[f"{PAGE}.circular"]) and ss[f"{PAGE}.multiplier"] > 1,
         keep_colours=bool(ss[f"{PAGE}.keep_colours"]), fidelity=float(ss[f"{PAGE}.fidelity"]),
         attention=ss[f"{PAGE}.mode"] == "attention",
-        shifted=bool(ss[f"{PAGE}.shifted"]) and ss[f"{PAGE}.multiplier"] > 1)
+        shifted=bool(ss[f"{PAGE}.shifted"]) and ss[f"{PAGE}.multiplier"] > 1, image_prompt=image_prompt)
 
     def request_for(chosen):
         if region_map is None:

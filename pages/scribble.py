@@ -104,6 +104,7 @@ with right:
         if ss[f"{PAGE}.live"]:
             st.slider("Live preview steps", 4, 20, key=f"{PAGE}.live_steps", persist_state="session",
                       help="Fewer: quicker previews while you draw. Render full quality uses Steps.")
+    image_prompt = widgets.image_prompt_controls(PAGE)
 
     blank = widgets.canvas_is_blank(PAGE)
     settings = ScribbleSettings(
@@ -111,7 +112,8 @@ with right:
         guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
         fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
         width=width, height=height, region_words=region_words, region_prompts=region_prompts,
-        free_background=bool(ss[f"{PAGE}.free_background"]), scheduler=shared.recommended().scheduler)
+        free_background=bool(ss[f"{PAGE}.free_background"]), scheduler=shared.recommended().scheduler,
+        image_prompt=image_prompt)
     if shared.live_toggle(PAGE):
         live = live_scribble_settings(settings, int(ss[f"{PAGE}.live_steps"]))
         shared.live_preview(PAGE, engine, lambda: scribble_request(live, None if blank else scribble),

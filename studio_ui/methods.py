@@ -12,6 +12,8 @@ from PIL import Image
 from core.attention_control import missing_words
 from core.colors import free_white
 from core.errors import StudioError
+from core.image_prompt import ImageGuidance, ImagePrompt
+from core.inputs import open_image
 from core.panorama import MultiDiffusionRequest
 from core.region_map import Region, regions_from_map
 from core.requests import GenerationRequest
@@ -29,6 +31,41 @@ METHOD_HELP = {
     "GradOP": "GradOP without the '+' refinement.",
     "SDEdit": "Plain img2img (Meng et al. 2022): noise the scribble, then denoise. Fast baseline.",
 }
+
+
+@dataclass(frozen=True)
+class ImagePromptSettings:
+    """A page's image prompts (MGAD CLIP guidance): a reference picture for the whole picture
+    and/or one per region colour (PNG bytes, so settings compare and hash by content), their
+    weights, and the guidance's strength."""
+
+    image_png: bytes | None = None  # the whole picture's reference
+    weight: float = 1.0
+    scale: float = 1.0
+    regions: tuple[tuple[str, bytes, float], ...] = ()  # (colour hex, PNG, weight): Region Painter
+
+    def guidance(self) -> ImageGuidance | None:
+        """The request's ImageGuidance, or None when there is no reference at all."""
+        if self.image_png is None and not self.regions:
+            return None
+        prompts = () if self.image_png is None else (ImagePrompt(_image(self.image_png), self.weight),)
+        return ImageGuidance(prompts=prompts, scale=self.scale)
+
+    def region_prompt(self, color: str) -> ImagePrompt | None:
+        for hex_, png, weight in self.regions:
+            if hex_ == color:
+                return ImagePrompt(_image(png), weight)
+        return None
+
+
+def _image(png: bytes) -> Image.Image:
+    return open_image(png, "The image prompt")
+
+
+def with_image_prompts(request: Any, ip: ImagePromptSettings | None) -> Any:
+    """``request`` with the page's image prompts (unchanged without any)."""
+    guidance = ip.guidance() if ip is not None else None
+    return request if guidance is None else replace(request, image_guidance=guidance)
 
 
 STROKE_METHODS = {"GradOP+": ("gradop+", False), "GradOP+ fast": ("gradop+", True), "GradOP": ("gradop", False),
@@ -52,6 +89,7 @@ class ScribbleSettings:
     free_background: bool = True  # unpainted (white) canvas is left to the model, not kept white
     region_attention: bool = False  # own prompts per colour in one UNet pass instead of MultiDiffusion's fusion
     scheduler: str | None = None  # None: the method's default; the model folder may recommend one (e.g. lcm)
+    image_prompt: ImagePromptSettings | None = None
 
 
 LIVE_STEPS = 6  # a live preview's default steps (the pages' "Live preview steps" slider)
@@ -80,15 +118,17 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
     if s.scheduler is not None:
         common["scheduler"] = s.scheduler
     if scribble is None:
-        return GenerationRequest(**common)
+        return with_image_prompts(GenerationRequest(**common), s.image_prompt)
     method, fast = STROKE_METHODS[s.method]
     regions = ()
     if s.region_prompts:  # the scribble is also the region map (read as the CLI reads one)
         found, _ = regions_from_map(scribble, dict(s.region_prompts), unlisted="background")
         regions = tuple(found)
-    return stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
-                          fidelity=s.fidelity, words=dict(s.region_words), fast=fast, regions=regions,
-                          renderer="auto", region_attention=s.region_attention or None, **{k: v for k, v in common.items() if k != "prompt"})
+    request = stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
+                             fidelity=s.fidelity, words=dict(s.region_words), fast=fast, regions=regions,
+                             renderer="auto", region_attention=s.region_attention or None,
+                             **{k: v for k, v in common.items() if k != "prompt"})
+    return with_image_prompts(request, s.image_prompt)
 
 
 def missing_region_words(tokenizer: Any, prompt: str, words: list[str]) -> list[str]:
@@ -126,6 +166,7 @@ class RegionSettings:
     attention: bool = False  # regions in one UNet pass (regional cross-attention) instead of MultiDiffusion's fusion
     fast: bool = False  # keep_colours: GradOP+ fast (live previews)
     scheduler: str | None = None  # None: the method's default; the model folder may recommend one (e.g. lcm)
+    image_prompt: ImagePromptSettings | None = None  # the whole picture's and the regions' reference pictures
 
 
 def live_region_settings(s: RegionSettings, steps: int = LIVE_STEPS) -> RegionSettings:
@@ -134,13 +175,15 @@ def live_region_settings(s: RegionSettings, steps: int = LIVE_STEPS) -> RegionSe
     return replace(s, steps=steps, num_images=1, attention=True, shifted=s.width_multiplier > 1, fast=True)
 
 
-def region_masks(region_map: Image.Image, specs: list[RegionSpec], size: tuple[int, int]) -> list[tuple[RegionSpec, Image.Image]]:
-    """(spec, 'L' mask at ``size``) for every colour with a prompt; colours without one and
-    white are background. ``region_map`` must be the cleaned map (flat colours)."""
+def region_masks(region_map: Image.Image, specs: list[RegionSpec], size: tuple[int, int],
+                 described: set[str] = frozenset()) -> list[tuple[RegionSpec, Image.Image]]:
+    """(spec, 'L' mask at ``size``) for every colour with a prompt (or in ``described``: it has
+    an image prompt); other colours and white are background. ``region_map`` must be the
+    cleaned map (flat colours)."""
     stretched = np.asarray(region_map.convert("RGB").resize(size, Image.NEAREST))
     out = []
     for spec in specs:
-        if not spec.prompt.strip():
+        if not spec.prompt.strip() and spec.color not in described:
             continue
         rgb = tuple(int(spec.color.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4))
         mask = (stretched == rgb).all(-1)
@@ -161,28 +204,32 @@ def multidiffusion_request(s: RegionSettings, region_map: Image.Image | None, ki
     """A MultiDiffusion request (core.panorama): regions over a canvas, or a panorama."""
     width, height = s.width * max(1, s.width_multiplier), s.height
     regions = []
+    ip = s.image_prompt
+    described = {hex_ for hex_, _, _ in ip.regions} if ip is not None else set()
     if region_map is not None:
-        for spec, mask in region_masks(region_map, s.regions, (width, height)):
+        for spec, mask in region_masks(region_map, s.regions, (width, height), described):
             regions.append(Region(mask=mask, prompt=spec.prompt.strip(), negative_prompt=_negative(s.negative_prompt,
-                                  spec.negative_prompt), seed=spec.seed, name=spec.color))
+                                  spec.negative_prompt), seed=spec.seed, name=spec.color,
+                                  image_prompt=ip.region_prompt(spec.color) if ip is not None else None))
     prompt = s.background_prompt.strip()
     if not prompt and not regions:
         raise StudioError("Type a prompt first (for a region map: a background prompt or a prompt per colour).")
     if not prompt:
-        prompt = ", ".join(r.prompt for r in regions)  # the background ties the regions together
-    return MultiDiffusionRequest(
+        prompt = ", ".join(r.prompt for r in regions if r.prompt)  # the background ties the regions together
+    return with_image_prompts(MultiDiffusionRequest(
         prompt=prompt, negative_prompt=s.negative_prompt, regions=tuple(regions), kind=kind, width=width,
         height=height, circular=s.circular, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
         num_images=s.num_images, window=s.window, stride=max(1, s.window // 8),
         windows="shifted" if s.shifted else "sliding", attention=s.attention,
-        **({} if s.scheduler is None else {"scheduler": s.scheduler}))
+        **({} if s.scheduler is None else {"scheduler": s.scheduler})), ip)
 
 
 def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
     """Region Painter: regions from the map; a width multiplier > 1 makes it a panorama."""
     if region_map is None:
         raise StudioError("Paint some regions or upload a region map first.")
-    if not any(spec.prompt.strip() for spec in s.regions) and not s.background_prompt.strip():
+    described = bool(s.image_prompt and s.image_prompt.regions)
+    if not any(spec.prompt.strip() for spec in s.regions) and not s.background_prompt.strip() and not described:
         raise StudioError("Give at least one colour a prompt in the table (or type a background prompt).")
     fusion = multidiffusion_request(s, region_map, "panorama" if s.width_multiplier > 1 else "regions")
     if not s.keep_colours:
@@ -194,7 +241,8 @@ def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
                           method="gradop+", fidelity=s.fidelity, negative_prompt=s.negative_prompt, width=size[0],
                           height=size[1], steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
                           num_images=s.num_images, regions=fusion.regions, region_attention=s.attention,
-                          fast=s.fast or None, renderer="auto" if s.fast else None, scheduler=s.scheduler)
+                          fast=s.fast or None, renderer="auto" if s.fast else None, scheduler=s.scheduler,
+                          image_guidance=fusion.image_guidance)
 
 
 def panorama_request(s: RegionSettings, region_map: Image.Image | None) -> Any:

@@ -16,7 +16,7 @@ from core.inputs import has_alpha, open_image
 
 from .canvas import EMPTY_DRAWING, compose, image_from_bytes, object_count, png_bytes, render_drawing, scale_drawing
 from core.colors import MapRegion, flatten, read_region_map, readable_name, region_label_image, swatch_data_url, to_hex
-from .methods import RegionSettings, RegionSpec
+from .methods import ImagePromptSettings, RegionSettings, RegionSpec
 
 ss = st.session_state
 
@@ -333,3 +333,86 @@ def region_settings(page: str, rows: list[dict[str, Any]], *, background_key: st
         steps=int(ss[f"{page}.steps"]), guidance_scale=float(ss[f"{page}.guidance"]), seed=int(ss["seed"]),
         num_images=int(ss[f"{page}.variations"]), width=width, height=height, window=window,
         scheduler=recommended().scheduler, **extra)
+
+
+# --- image prompts -------------------------------------------------------------------------------
+
+IMAGE_PROMPT_SIDE = 512  # a reference is kept at most this large (CLIP sees it far smaller)
+
+
+def _reference_png(uploaded: Any) -> bytes | None:
+    image = read_upload(uploaded)
+    if image is None:
+        return None
+    image = opaque(image)
+    if max(image.size) > IMAGE_PROMPT_SIDE:
+        image.thumbnail((IMAGE_PROMPT_SIDE, IMAGE_PROMPT_SIDE), Image.LANCZOS)
+    return png_bytes(image)
+
+
+def _gallery_pick(page: str, key: str) -> bytes | None:
+    """A gallery picture chosen in a selectbox (None: none chosen)."""
+    from .shared import get_gallery
+
+    items = get_gallery().items()[:30]
+    if not items:
+        return None
+    names = {"": "—"} | {item.id: f"{item.title[:40]} ({item.page})" for item in items}
+    choice = st.selectbox("Or a picture from the gallery", list(names), format_func=names.get,
+                          key=f"{page}.{key}.gallery")
+    item = next((i for i in items if i.id == choice), None)
+    return None if item is None else _reference_png(item.image_bytes())
+
+
+def image_prompt_controls(page: str, region_colours: list[str] | None = None) -> ImagePromptSettings | None:
+    """The page's "Image prompt" expander: a reference for the whole picture (upload or gallery),
+    its weight and the guidance strength; with ``region_colours`` also one reference per colour."""
+    ss.setdefault(f"{page}.ip_png", None)
+    ss.setdefault(f"{page}.ip_regions", {})
+    with st.expander("Image prompt", icon=":material/image:"):
+        st.caption("A reference picture whose style and light the result takes on (MGAD: CLIP guidance with "
+                   "text and image prompts together).")
+        uploaded = st.file_uploader("Reference picture", type=["png", "jpg", "jpeg", "webp"],
+                                    key=f"{page}.ip_upload.{ss.get(f'{page}.ip_rev', 0)}")
+        if uploaded is not None and ss.get(f"{page}.ip_id") != uploaded.file_id:
+            ss[f"{page}.ip_id"] = uploaded.file_id
+            ss[f"{page}.ip_png"] = _reference_png(uploaded) or ss[f"{page}.ip_png"]
+        picked = _gallery_pick(page, "ip")
+        if picked is not None:
+            ss[f"{page}.ip_png"] = picked
+        if ss[f"{page}.ip_png"] is not None:
+            a, b = st.columns([1, 2], vertical_alignment="center")
+            a.image(ss[f"{page}.ip_png"], width=96)
+            if b.button("Remove", key=f"{page}.ip_remove", icon=":material/close:"):
+                ss[f"{page}.ip_png"] = None
+                ss[f"{page}.ip_rev"] = ss.get(f"{page}.ip_rev", 0) + 1
+                st.rerun()
+        st.slider("Weight of the reference", 0.0, 3.0, 1.0, 0.1, key=f"{page}.ip_weight",
+                  help="Relative to the regions' references. 0 turns it off.")
+        st.slider("Image guidance strength", 0.0, 5.0, 1.0, 0.25, key=f"{page}.ip_scale",
+                  help="How hard the picture is pulled towards the reference (0: off).")
+        regions: dict[str, bytes] = ss[f"{page}.ip_regions"]
+        if region_colours:
+            st.markdown("**Per region**")
+            names = {c: f"{readable_name(c)} ({c})" for c in region_colours}
+            colour = st.selectbox("Region", region_colours, format_func=names.get, key=f"{page}.ip_colour")
+            region_upload = st.file_uploader(f"Reference for {names[colour]}", type=["png", "jpg", "jpeg", "webp"],
+                                             key=f"{page}.ip_region_upload.{colour}.{ss.get(f'{page}.ip_rev', 0)}")
+            if region_upload is not None and ss.get(f"{page}.ip_region_id.{colour}") != region_upload.file_id:
+                ss[f"{page}.ip_region_id.{colour}"] = region_upload.file_id
+                png = _reference_png(region_upload)
+                if png is not None:
+                    regions[colour] = png
+            for hex_, png in list(regions.items()):
+                if hex_ not in region_colours:
+                    continue
+                a, b = st.columns([1, 2], vertical_alignment="center")
+                a.image(png, width=64, caption=readable_name(hex_))
+                if b.button("Remove", key=f"{page}.ip_region_remove.{hex_}", icon=":material/close:"):
+                    del regions[hex_]
+                    st.rerun()
+    region_refs = tuple((c, regions[c], 1.0) for c in (region_colours or []) if c in regions)
+    if ss[f"{page}.ip_png"] is None and not region_refs:
+        return None
+    return ImagePromptSettings(image_png=ss[f"{page}.ip_png"], weight=float(ss[f"{page}.ip_weight"]),
+                               scale=float(ss[f"{page}.ip_scale"]), regions=region_refs)

@@ -671,3 +671,40 @@ def test_the_sidebar_loads_a_typed_or_recommended_lora_and_pages_use_the_recomme
     assert scribble_request(ScribbleSettings("p", scheduler="lcm", steps=4), None).scheduler == "lcm"
     assert scribble_request(ScribbleSettings("p"), None).scheduler == "default"
     assert read_recommended(tiny_model_dir).scheduler is None
+
+
+def _reference_png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_prompts_on_the_scribble_page_and_per_region(studio: Path) -> None:
+    """An image prompt for the whole picture (Scribble) and one for a region (Region Painter)
+    reach the recipe; the bundled small CLIP guides (offline)."""
+    at = open_page("scribble", **{"scribble.steps": 3, "seed": 4, "scribble.ip_png": _reference_png((30, 60, 200))})
+    draw(at, "scribble", DRAWING)
+    at.text_area(key="scribble.prompt").set_value("a painting")
+    assert any(e.label == "Image prompt" for e in at.get("expander"))
+    at.slider(key="scribble.ip_weight").set_value(1.5)
+    at.button(key="scribble.generate").click().run()
+    wait_for_job(at, "scribble")
+    assert not at.error, [e.value for e in at.error]
+    [item] = at.session_state["scribble.results"]
+    guidance = json.loads((studio / f"{item}.json").read_text())["recipe"]["request"]["image_guidance"]
+    assert guidance["prompts"][0]["weight"] == 1.5 and guidance["clip_model"] == "studio-clip"
+
+    at = open_page("regions", **{"regions.size": "Square", "regions.steps": 2,
+                                 "regions.ip_regions": {"#e53935": _reference_png((250, 200, 40))}})
+    draw(at, "regions", DRAWING)
+    at.session_state["regions.rows"] = {"#43a047": {"prompt": "a meadow", "negative": "", "seed": None},
+                                        "#e53935": {"prompt": "", "negative": "", "seed": None}}
+    at.session_state["regions.rows_rev"] = 1
+    at.text_area(key="regions.background").set_value("a field").run()
+    at.button(key="regions.generate").click().run()
+    wait_for_job(at, "regions")
+    assert not at.error, [e.value for e in at.error]
+    [item] = at.session_state["regions.results"]
+    regions = json.loads((studio / f"{item}.json").read_text())["recipe"]["request"]["regions"]
+    described = [r for r in regions if r["image_prompt"] is not None]
+    assert [r["name"] for r in described] == ["#e53935"] and described[0]["prompt"] == ""
