@@ -615,6 +615,16 @@ def example_grid(report: dict[str, Any], path: Any) -> None:
         Image.fromarray(np.concatenate(rows, 0)).save(path)
 
 
+def attribute_classifier(engine: Engine, config: E.EvalConfig, say: Say) -> E.AttributeNet:
+    """The attribute classifier of ``training.eval``, trained on real paintings and their VAE
+    round trips (so decoded pictures are judged like paintings)."""
+    train_x, train_y, _ = E.render_set(config.train_data_seed, config.train_count, SIZE, config.input_size)
+    full, _, _ = E.render_set(config.train_data_seed, config.vae_train_count, SIZE)
+    train_x = np.concatenate([train_x, E.resize(E.vae_round_trip(engine, full), config.input_size)])
+    train_y = {k: np.concatenate([v, v[:config.vae_train_count]]) for k, v in train_y.items()}
+    return E.train_classifier(train_x, train_y, config.epochs, config.seed, config.input_size, progress=say)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder or name (default: the bundled demo model)")
@@ -652,11 +662,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if parts & {"stroke", "panorama", "text"}:
         config = E.EvalConfig(model=args.model, count=args.text_count, train_count=args.classifier_count,
                               vae_train_count=min(400, args.classifier_count // 5), steps=args.steps, seed=args.seed)
-        train_x, train_y, _ = E.render_set(config.train_data_seed, config.train_count, SIZE, config.input_size)
-        full, _, _ = E.render_set(config.train_data_seed, config.vae_train_count, SIZE)
-        train_x = np.concatenate([train_x, E.resize(E.vae_round_trip(engine, full), config.input_size)])
-        train_y = {k: np.concatenate([v, v[:config.vae_train_count]]) for k, v in train_y.items()}
-        net = E.train_classifier(train_x, train_y, config.epochs, config.seed, config.input_size, progress=say)
+        net = attribute_classifier(engine, config, say)
         real, _, _ = E.render_set(HELDOUT_SEED, args.real_count, SIZE)
         if "panorama" in parts:
             report["panorama"] = run_panorama(engine, args.panoramas, args.steps, args.seed, net, real, say)
