@@ -370,7 +370,7 @@ def image_prompt_controls(page: str, region_colours: list[str] | None = None) ->
     ss.setdefault(f"{page}.ip_png", None)
     ss.setdefault(f"{page}.ip_regions", {})
     with st.expander("Image prompt", icon=":material/image:"):
-        st.caption("A reference picture whose style and light the result takes on (MGAD: CLIP guidance with "
+        st.caption("A reference picture whose colours and light the result takes on (MGAD: CLIP guidance with "
                    "text and image prompts together).")
         uploaded = st.file_uploader("Reference picture", type=["png", "jpg", "jpeg", "webp"],
                                     key=f"{page}.ip_upload.{ss.get(f'{page}.ip_rev', 0)}")

@@ -504,3 +504,29 @@ def test_live_mode_updates_the_picture_after_each_stroke(page, server) -> None:
     print(f"\nlive mode: mouse release -> new preview: {report['seconds']} s (median {report['median']} s)")
     assert len(latencies) == len(strokes)
     assert set(outputs.glob("*.png")) == before  # previews are not saved
+
+
+def test_an_image_prompt_guides_a_scribble(page, server, tmp_path) -> None:
+    """Upload a reference in the Image prompt expander; the result's recipe carries it."""
+    from training import procedural as P
+    from training.make_dataset import item_scene
+
+    url, outputs = server
+    scene, style, _ = item_scene(707, 3)  # a held-out night painting (bench_image_prompt's references)
+    reference = tmp_path / "reference.png"
+    Image.fromarray(P.render_painting(scene, 256, style)).save(reference)
+    open_app(page, url, "")
+    page.locator("canvas.dc-canvas").first.wait_for()
+    type_into(page, "Prompt", "a painting of a lake")
+    pick(page, "scribble", "Rect", "green")
+    drag(page, [(20, 290), (430, 430)])
+    open_expander(page, "More settings")
+    set_slider(page, "scribble-steps", 9)  # 10 steps
+    open_expander(page, "Image prompt")
+    page.locator("[class*='st-key-scribble-ip_upload'] input[type=file]").set_input_files(str(reference))
+    wait_idle(page, settle=1.0)
+    assert visible(page, ".st-key-scribble-ip_remove button").is_visible()
+    generate_and_wait(page, "scribble")
+    shot(page, "scribble-image-prompt")
+    guidance = newest_sidecar(outputs)["recipe"]["request"]["image_guidance"]
+    assert guidance["clip_model"] == "studio-clip" and len(guidance["prompts"]) == 1
