@@ -96,11 +96,12 @@ def add_image_prompts(parser: argparse.ArgumentParser) -> None:
                        help="what CLIP sees of the predicted image: linear (fast, default), tiny decoder, vae (exact)")
 
 
-def image_guidance(args: argparse.Namespace, regional: bool = False) -> Any:
-    """The ImageGuidance of the flags, or None without image prompts (``regional``: some region
-    of the prompts file has an image, so the settings apply even without --image-prompt)."""
+def image_guidance(args: argparse.Namespace, regions: Sequence[Any] = ()) -> Any:
+    """The ImageGuidance of the flags, or None without image prompts (a region of the prompts
+    file with an image makes the settings apply even without --image-prompt)."""
     from .image_prompt import ImageGuidance, ImagePrompt
 
+    regional = any(r.image_prompt is not None for r in regions)
     files = getattr(args, "image_prompt", None) or []
     text_weight = getattr(args, "clip_text_weight", None)
     if not files and not text_weight and not regional:

@@ -97,7 +97,7 @@ def _request(args: argparse.Namespace, kind: str, prompt: str, width: int | None
         bootstrap=args.bootstrap, soft_masks=args.soft, feather=args.feather, fast=args.fast,
         attention=args.attention, bbox_padding=args.bbox_padding, unet_batch=args.unet_batch,
         tiled_decode=args.tiled_decode, max_regions=args.max_regions,
-        image_guidance=image_guidance(args, any(r.image_prompt for r in regions)), **extra)
+        image_guidance=image_guidance(args, regions), **extra)
 
 
 def _run(args: argparse.Namespace, request: MultiDiffusionRequest, notes: list[str]) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def _keep_colours_request(args: argparse.Namespace, image: Image.Image, prompt: 
                           num_images=args.num_images, regions=tuple(regions),
                           region_bootstrap=args.bootstrap, region_attention=args.attention,
                           max_regions=args.max_regions,
-                          image_guidance=image_guidance(args, any(r.image_prompt for r in regions)))
+                          image_guidance=image_guidance(args, regions))
 
 
 def cmd_panorama(args: argparse.Namespace) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
         refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
         region_attention=args.region_attention, renderer=args.renderer,
-        image_guidance=image_guidance(args, any(r.image_prompt for r in regions)),
+        image_guidance=image_guidance(args, regions),
     )
     result = run_and_save(args, load_engine(args), request)
     result["warnings"] = notes + list(result.get("warnings", []))

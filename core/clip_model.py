@@ -96,14 +96,16 @@ class ClipGuide:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def __post_init__(self) -> None:  # the normalisation as tensors on the model, made once
+        self._mean = torch.tensor(self.mean, dtype=self.dtype, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, dtype=self.dtype, device=self.device).view(1, 3, 1, 1)
+
     def normalise(self, x: Tensor) -> Tensor:
-        """(B, 3, S, S) in [0, 1] -> the model's input (resized to its size, normalised)."""
+        """(B, 3, S, S) in [0, 1] on the model's device and dtype -> its input (resized, normalised)."""
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.image_size)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - self._mean) / self._std
 
     def image_features(self, x: Tensor) -> Tensor:
         """Unit-length embeddings of images (B, 3, H, W) in [0, 1] (differentiable)."""

@@ -43,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -142,6 +143,7 @@ class Target:
     embeddings: Tensor
     weights: Tensor
     box: tuple[int, int, int, int] | None = None  # a region's bounding box in latent pixels; None: the whole
+    mask: Tensor | None = None  # a region's (h, w) latent mask: the gradient is kept inside it
 
 
 def mask_box(mask: Tensor) -> tuple[int, int, int, int] | None:
@@ -154,22 +156,26 @@ def mask_box(mask: Tensor) -> tuple[int, int, int, int] | None:
 
 def image_embeddings(guide: Any, prompts: Sequence[Any]) -> Tensor:
     """CLIP embeddings of reference images (each resized as a whole to the CLIP input)."""
-    pixels = []
-    for prompt in prompts:
-        rgb = prompt.image.convert("RGB").resize((guide.image_size, guide.image_size), Image.BICUBIC)
-        pixels.append(torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-                      .view(guide.image_size, guide.image_size, 3).permute(2, 0, 1).float() / 255)
+    size = (guide.image_size, guide.image_size)
+    pixels = [torch.from_numpy(np.array(p.image.convert("RGB").resize(size, Image.BICUBIC))).permute(2, 0, 1)
+              .float() / 255 for p in prompts]
     with torch.no_grad():
         return guide.image_features(torch.stack(pixels))
 
 
 class ClipGuidance:
-    """The eps_fn wrapper of MGAD's guidance (see the module docstring)."""
+    """The eps_fn wrapper of MGAD's guidance towards one target (see the module docstring)."""
 
-    def __init__(self, guide: Any, render: Any, per_latent: int, settings: ImageGuidance, targets: list[Target],
-                 scheduler: Any, seed: int, mask: Tensor | None = None) -> None:
+    def __init__(self, guide: Any, render: Any, per_latent: int, settings: ImageGuidance, target: Target,
+                 scheduler: Any, seed: int) -> None:
         self.guide, self.render, self.per_latent, self.settings = guide, render, per_latent, settings
-        self.targets, self.scheduler, self.seed, self.mask = targets, scheduler, seed, mask
+        self.scheduler, self.seed = scheduler, seed
+        device = guide.device  # the target's tensors move to the model once, not at every step
+        self.embeddings = target.embeddings.to(device, torch.float32)
+        self.weights = target.weights.to(device, torch.float32)
+        self.mask = None if target.mask is None else target.mask.to(device, torch.float32)
+        self.area = None if target.mask is None else float(target.mask.sum())
+        self.box = target.box
         timesteps = scheduler.timesteps.float()
         n = len(timesteps)
         first = min(int(settings.start * n), n - 1)
@@ -182,22 +188,19 @@ class ClipGuidance:
         return self.t_low < float(t) <= self.t_high
 
     def loss(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Sum over images and targets of the weighted mean cutout distance."""
+        """Sum over images of the weighted mean cutout distance to the target's embeddings."""
         height, width = images.shape[-2:]
-        total = images.new_zeros(())
-        for target in self.targets:
-            box = None
-            if target.box is not None:
-                p = self.per_latent
-                box = tuple(min(v * p, limit) for v, limit in zip(target.box, (height, width, height, width)))
-            crops = cutout_boxes(height, width, self.settings.cutouts, self.settings.cut_power, generator, box)
-            size = self.guide.image_size
-            batch = torch.cat([F.interpolate(images[:, :, t:t + s, l:l + s], size=(size, size), mode="bilinear",
-                                             align_corners=False, antialias=s > size) for t, l, s in crops])
-            features = self.guide.image_features(batch).view(len(crops), len(images), -1)
-            dist = spherical_distance(features[:, :, None], target.embeddings.to(features.device)[None, None])
-            total = total + (dist.mean(0) * target.weights.to(dist.device)).sum()
-        return total
+        box = None
+        if self.box is not None:
+            p = self.per_latent
+            box = tuple(min(v * p, limit) for v, limit in zip(self.box, (height, width, height, width)))
+        crops = cutout_boxes(height, width, self.settings.cutouts, self.settings.cut_power, generator, box)
+        size = self.guide.image_size
+        batch = torch.cat([F.interpolate(images[:, :, t:t + s, l:l + s], size=(size, size), mode="bilinear",
+                                         align_corners=False, antialias=s > size) for t, l, s in crops])
+        features = self.guide.image_features(batch).view(len(crops), len(images), -1)
+        dist = spherical_distance(features[:, :, None], self.embeddings[None, None])
+        return (dist.mean(0) * self.weights).sum()
 
     def __call__(self, eps_fn: Any) -> Any:
         from .sampling import alpha_bar, predict_x0
@@ -219,9 +222,8 @@ class ClipGuidance:
                 grad = gaussian_blur(grad, self.settings.smooth, kernel_for(self.settings.smooth))
             area = grad[0].numel()
             if self.mask is not None:  # a region's prompt acts inside its mask only
-                mask = self.mask.to(grad.device, grad.dtype)
-                grad = grad * mask
-                area = float(mask.sum()) * grad.shape[1]
+                grad = grad * self.mask
+                area = self.area * grad.shape[1]
             rms = (grad.pow(2).sum(dim=(1, 2, 3), keepdim=True) / max(area, 1.0)).sqrt().clamp_min(1e-12)
             step = self.settings.scale * (1 - abar).sqrt() * grad / rms
             return eps + step.to(eps.dtype)
@@ -251,7 +253,7 @@ def renderer_for(engine: Any, name: str) -> tuple[Any, int]:
 
 def region_image_prompts(regions: Sequence[Any], masks: Sequence[Tensor]) -> list[tuple[Any, Tensor]]:
     """(image prompt, latent mask) of every region that has one."""
-    return [(r.image_prompt, m) for r, m in zip(regions, masks) if getattr(r, "image_prompt", None) is not None]
+    return [(r.image_prompt, m) for r, m in zip(regions, masks) if r.image_prompt is not None]
 
 
 def image_prompt_guidances(engine: Any, request: Any, scheduler: Any,
@@ -268,30 +270,27 @@ def image_prompt_guidances(engine: Any, request: Any, scheduler: Any,
             return []
         settings = ImageGuidance()
     prompts = [p for p in settings.prompts if p.weight > 0]
-    if not prompts and not regional and settings.text_weight == 0 or settings.scale == 0:
+    if settings.scale == 0 or (not prompts and not regional and settings.text_weight == 0):
         return []
     guide = load_clip(settings.clip_model or None, engine.bundle.device)
     render, per_latent = renderer_for(engine, settings.renderer)
-    targets: list[Target] = []
-    whole = []
-    weights = []
+    whole, weights = [], []
     if prompts:
         whole.append(image_embeddings(guide, prompts))
         weights += [p.weight for p in prompts]
     if settings.text_weight > 0:
         whole.append(guide.text_features([request.prompt]))
         weights.append(settings.text_weight)
-    if whole:
-        targets.append(Target(torch.cat(whole), torch.tensor(weights)))
     guidances = []
-    if targets:
-        guidances.append(Guidance(wrap=ClipGuidance(guide, render, per_latent, settings, targets, scheduler,
+    if whole:
+        target = Target(torch.cat(whole), torch.tensor(weights))
+        guidances.append(Guidance(wrap=ClipGuidance(guide, render, per_latent, settings, target, scheduler,
                                                     request.seed)))
     for i, (prompt, mask) in enumerate(regional):
         box = mask_box(mask)
         if box is None:
             continue
-        target = Target(image_embeddings(guide, [prompt]), torch.tensor([prompt.weight]), box=box)
-        guidances.append(Guidance(wrap=ClipGuidance(guide, render, per_latent, settings, [target], scheduler,
-                                                    request.seed + 7919 * (i + 1), mask=mask)))
+        target = Target(image_embeddings(guide, [prompt]), torch.tensor([prompt.weight]), box=box, mask=mask)
+        guidances.append(Guidance(wrap=ClipGuidance(guide, render, per_latent, settings, target, scheduler,
+                                                    request.seed + 7919 * (i + 1))))
     return guidances

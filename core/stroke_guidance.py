@@ -410,11 +410,8 @@ def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallba
                             timings=result.timings, warnings=result.warnings,
                             faithfulness=faithfulness(result.images, request))
     width, height = request.size
-    plain = GenerationRequest(prompt=request.prompt, negative_prompt=request.negative_prompt, width=width,
-                              height=height, steps=request.steps, guidance_scale=request.guidance_scale,
-                              seed=request.seed, scheduler=request.scheduler, num_images=request.num_images,
-                              init_image=flatten_scribble(request.strokes), strength=request.strength,
-                              max_pixels=request.max_pixels, image_guidance=request.image_guidance)
+    plain = GenerationRequest(**{**request.sampling(), "width": width, "height": height},
+                              init_image=flatten_scribble(request.strokes), strength=request.strength)
     bundle = engine.bundle
     cond = lambda: PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)(request.prompt)  # noqa: E731
     with semantic_context(engine, request, cond, make_scheduler(request.scheduler, bundle.scheduler_config)):

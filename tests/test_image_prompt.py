@@ -67,7 +67,7 @@ def test_the_guided_eps_moves_x0_down_the_clip_loss(tiny_clip: Path):
     target = Target(guide.image_features(torch.rand(1, 3, 16, 16)), torch.tensor([1.0]))
     render = lambda z: torch.sigmoid(z[:, :3])  # noqa: E731  (a smooth renderer: no clamp)
     settings = ImageGuidance(scale=0.05, clip_model=str(tiny_clip), cutouts=4, end=1.0)
-    wrap = ClipGuidance(guide, render, 1, settings, [target], scheduler, seed=0)
+    wrap = ClipGuidance(guide, render, 1, settings, target, scheduler, seed=0)
     z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     t = scheduler.timesteps[3]
     abar = scheduler.alphas_cumprod[int(t)]
@@ -87,9 +87,10 @@ def test_a_region_prompt_changes_eps_only_inside_its_mask(tiny_clip: Path):
     scheduler = make_scheduler("ddim", {"num_train_timesteps": 1000}, steps=10)
     mask = torch.zeros(16, 16)
     mask[4:10, 2:12] = 1
-    target = Target(guide.image_features(torch.rand(1, 3, 16, 16)), torch.tensor([1.0]), box=(4, 2, 10, 12))
+    target = Target(guide.image_features(torch.rand(1, 3, 16, 16)), torch.tensor([1.0]), box=(4, 2, 10, 12),
+                    mask=mask)
     wrap = ClipGuidance(guide, lambda z: torch.sigmoid(z[:, :3]), 1, ImageGuidance(clip_model=str(tiny_clip)),
-                        [target], scheduler, seed=0, mask=mask)
+                        target, scheduler, seed=0)
     z = torch.randn(2, 4, 16, 16)
     eps = wrap(lambda z_, t_: torch.zeros_like(z_))(z, scheduler.timesteps[0])
     assert float(eps[:, :, mask == 0].abs().max()) == 0
@@ -99,7 +100,8 @@ def test_a_region_prompt_changes_eps_only_inside_its_mask(tiny_clip: Path):
 def test_guidance_acts_only_in_its_part_of_the_schedule(tiny_clip: Path):
     scheduler = make_scheduler("ddim", {"num_train_timesteps": 1000}, steps=10)
     wrap = ClipGuidance(load_clip(str(tiny_clip)), lambda z: torch.sigmoid(z[:, :3]), 1,
-                        ImageGuidance(clip_model=str(tiny_clip), start=0.2, end=0.5), [], scheduler, seed=0)
+                        ImageGuidance(clip_model=str(tiny_clip), start=0.2, end=0.5),
+                        Target(torch.zeros(1, 16), torch.ones(1)), scheduler, seed=0)
     active = [wrap.active(t) for t in scheduler.timesteps]
     assert active == [False, False, True, True, True, False, False, False, False, False]
 
@@ -259,7 +261,7 @@ def test_prompts_file_images_are_checked(tmp_path: Path):
     assert table["#ff0000"].image.weight == 3
 
 
-def test_the_clip_trainer_writes_a_folder_the_studio_loads(tiny_model_dir: Path, tmp_path: Path):
+def test_the_clip_trainer_writes_a_folder_the_studio_loads(tiny_model_dir: Path, tmp_path: Path, capsys):
     from training.clip import cli as train_cli
 
     data = tmp_path / "data"
@@ -270,10 +272,12 @@ def test_the_clip_trainer_writes_a_folder_the_studio_loads(tiny_model_dir: Path,
         lines.append(json.dumps({"file_name": f"{i}.png", "text": words}))
     (data / "metadata.jsonl").write_text("\n".join(lines))
     out = tmp_path / "clip"
-    code = train_cli(["--data", str(data), "--out", str(out), "--tokenizer", str(tiny_model_dir / "tokenizer"),
-                      "--steps", "3", "--batch-size", "8", "--heldout", "4", "--image-size", "16", "--width", "32",
-                      "--layers", "1", "--checkpoint-dir", str(tmp_path / "ckpt")])
-    assert code == 0
+    args = ["--data", str(data), "--out", str(out), "--tokenizer", str(tiny_model_dir / "tokenizer"),
+            "--steps", "3", "--batch-size", "8", "--heldout", "4", "--image-size", "16", "--width", "32",
+            "--layers", "1", "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "2"]
+    assert train_cli(args) == 0
+    assert train_cli(args + ["--resume"]) == 0  # continues from the step-2 checkpoint
+    assert "clip: resumed at step 2" in capsys.readouterr().out
     report = json.loads((out / "clip.json").read_text())
     assert report["steps"] == 3 and 0 <= report["style_accuracy"] <= 1
     guide = load_clip(str(out))

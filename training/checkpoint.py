@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
-STAGES = ("vae", "unet", "tiny", "upscaler")  # tiny: training.tiny_decoder; upscaler: training.upscaler
+STAGES = ("vae", "unet", "tiny", "upscaler", "clip")  # tiny: training.tiny_decoder; upscaler: training.upscaler;
+# clip: training.clip
 
 
 class EMA:
@@ -120,6 +121,18 @@ def list_checkpoints(folder: Path) -> list[CheckpointRef]:
 def latest_checkpoint(folder: Path) -> CheckpointRef | None:
     refs = list_checkpoints(folder)
     return refs[-1] if refs else None
+
+
+def resume_step(folder: Path, stage: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                resume: bool, log=print) -> int:
+    """The step a one-module trainer continues from: the last ``stage`` checkpoint in ``folder``
+    loaded into ``module`` and ``optimizer`` (``resume``), else 0."""
+    ref = latest_checkpoint(folder) if resume else None
+    if ref is None or ref.stage != stage:
+        return 0
+    step = int(load_checkpoint(ref, {stage: module}, {}, optimizer)["step"])
+    log(f"{stage}: resumed at step {step}")
+    return step
 
 
 def save_checkpoint(folder: Path, stage: str, step: int, modules: dict[str, torch.nn.Module],

@@ -41,7 +41,7 @@ from core.clip_model import MEAN, STD, ClipGuide
 from core.errors import StudioError
 
 from . import procedural as P
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import resume_step, save_checkpoint
 from .data import find_records
 from .make_dataset import item_scene
 from .train import run_cli
@@ -191,11 +191,7 @@ def train(data: Path, out: Path, tokenizer_dir: Path, *, steps: int, batch_size:
     model = build_clip(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                        image_size=image_size, width=width, layers=layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    start = 0
-    ref = latest_checkpoint(checkpoint_dir) if resume else None
-    if ref is not None and ref.stage == "clip":
-        start = int(load_checkpoint(ref, {"clip": model}, {}, optimizer)["step"])
-        log(f"clip: resumed at step {start}")
+    start = resume_step(checkpoint_dir, "clip", model, optimizer, resume, log)
     generator = torch.Generator().manual_seed(seed + start)
     warmup = min(500, steps // 10)
     model.train()

@@ -32,7 +32,7 @@ from core.errors import StudioError
 from core.latent_rgb import colour_fields
 
 from . import procedural as P
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import resume_step, save_checkpoint
 from .make_dataset import item_scene
 from .train import load_vae, run_cli
 
@@ -106,11 +106,7 @@ def distil(model: Path, out: Path, *, steps: int, channels: int, images: int, cr
     z, target, clean = make_pairs(vae, pixels, noise, seed)
     log(f"tiny decoder: {len(z)} latents encoded and decoded in {time.perf_counter() - started:.0f} s")
     optimizer = torch.optim.AdamW(tiny.parameters(), lr=lr, weight_decay=0.0)
-    start = 0
-    ref = latest_checkpoint(checkpoint_dir) if resume else None
-    if ref is not None and ref.stage == "tiny":
-        start = int(load_checkpoint(ref, {"tiny": tiny}, {}, optimizer)["step"])
-        log(f"tiny decoder: resumed at step {start}")
+    start = resume_step(checkpoint_dir, "tiny", tiny, optimizer, resume, log)
     generator = torch.Generator().manual_seed(seed + start)
     lat = crop // factor
     h, w = z.shape[-2:]

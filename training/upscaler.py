@@ -37,7 +37,7 @@ from core.errors import StudioError
 from core.upscale import BUNDLED, UPSCALERS_DIR, import_spandrel
 
 from . import procedural as P
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import resume_step, save_checkpoint
 from .make_dataset import item_scene
 from .train import autocast, autocast_dtype, run_cli
 
@@ -99,11 +99,7 @@ def train(out: Path, *, steps: int, feat: int, convs: int, scale: int, images: i
     pairs = render_pairs(images, scale, DATA_SEED)
     log(f"upscaler: {len(pairs)} paintings rendered in {time.perf_counter() - started:.0f} s")
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    start = 0
-    ref = latest_checkpoint(checkpoint_dir) if resume else None
-    if ref is not None and ref.stage == "upscaler":
-        start = int(load_checkpoint(ref, {"upscaler": net}, {}, optimizer)["step"])
-        log(f"upscaler: resumed at step {start}")
+    start = resume_step(checkpoint_dir, "upscaler", net, optimizer, resume, log)
     rng = np.random.default_rng([seed, start])
     dtype = autocast_dtype(torch.device("cpu"), precision)
     net.train()
