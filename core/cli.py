@@ -83,11 +83,18 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def add_image_prompts(parser: argparse.ArgumentParser) -> None:
     """MGAD's image prompts (core.image_prompt), shared by every generating command."""
-    group = parser.add_argument_group("image prompts (MGAD CLIP guidance)")
+    group = parser.add_argument_group("image prompts (MGAD CLIP guidance or IP-Adapter)")
     group.add_argument("--image-prompt", type=weight_flag, action="append", default=[], metavar="FILE[:WEIGHT]",
                        help="a reference picture whose look the result takes on (repeatable; weight 0-10, default 1)")
     group.add_argument("--image-guidance", type=float, default=None, metavar="SCALE",
-                       help="strength of the image prompts' CLIP guidance (default 1; 0 turns it off)")
+                       help="strength of the image prompts: CLIP guidance's scale or the IP-Adapter's (default: "
+                       "the model's recommendation, else 1; 0 turns them off)")
+    group.add_argument("--image-method", default=None, choices=("clip", "ip-adapter"),
+                       help="how image prompts act: clip (MGAD's CLIP guidance, any model) or ip-adapter (image "
+                       "tokens in the cross-attention; default: the model's recommendation, else clip)")
+    group.add_argument("--ip-adapter", default=None, metavar="FOLDER",
+                       help="IP-Adapter folder, or its .safetensors beside image_encoder/ (default: the model's "
+                       "recommendation, else the bundled studio-ip-adapter; implies --image-method ip-adapter)")
     group.add_argument("--clip-model", default=None, help="CLIP folder in transformers format (default: the "
                        "bundled studio-clip; e.g. pretrained_models/clip-vit-base-patch32)")
     group.add_argument("--clip-text-weight", type=float, default=None,
@@ -105,15 +112,28 @@ def image_guidance(args: argparse.Namespace, regions: Sequence[Any] = ()) -> Any
     files = getattr(args, "image_prompt", None) or []
     text_weight = getattr(args, "clip_text_weight", None)
     if not files and not text_weight and not regional:
-        for flag in ("image_guidance", "clip_model", "image_renderer"):
+        for flag in ("image_guidance", "clip_model", "image_renderer", "image_method", "ip_adapter"):
             if getattr(args, flag, None) is not None:
                 raise StudioError(f"--{flag.replace('_', '-')} needs an image prompt: add --image-prompt FILE.")
         return None
     prompts = tuple(ImagePrompt(open_image(path, "Image prompt"), 1.0 if weight is None else weight)
                     for path, weight in files)
-    settings = {k: v for k, v in (("scale", args.image_guidance), ("clip_model", args.clip_model),
-                                  ("text_weight", text_weight), ("renderer", args.image_renderer)) if v is not None}
-    return ImageGuidance(prompts=prompts, **settings)
+    rec = recommended_for(getattr(args, "model", None))
+    adapter = getattr(args, "ip_adapter", None)
+    method = getattr(args, "image_method", None) or ("ip-adapter" if adapter else rec.image_method) or "clip"
+    scale = args.image_guidance
+    if method == "ip-adapter":
+        for flag in ("clip_model", "image_renderer", "clip_text_weight"):
+            if getattr(args, flag, None):
+                raise StudioError(f"--{flag.replace('_', '-')} belongs to CLIP guidance, not to the IP-Adapter: "
+                                  "drop it, or add --image-method clip.")
+        adapter = adapter or rec.ip_adapter
+        scale = rec.ip_adapter_scale if scale is None else scale
+    elif adapter:
+        raise StudioError("--ip-adapter needs --image-method ip-adapter (or leave --image-method out).")
+    settings = {k: v for k, v in (("scale", scale), ("clip_model", args.clip_model), ("text_weight", text_weight),
+                                  ("renderer", args.image_renderer), ("ip_adapter", adapter)) if v is not None}
+    return ImageGuidance(prompts=prompts, method=method, **settings)
 
 
 def add_generation(parser: argparse.ArgumentParser, size_default_help: str, prompt: bool = True) -> None:

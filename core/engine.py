@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .errors import StudioError
 from .image_prompt import image_prompt_guidances
+from .ip_adapter import ImageTokens, ip_adapter_session, split_tokens
 from .latent_rgb import preview_image
 from .loading import LoadOptions, ModelBundle, load_model
 from .pipeline import GenerationResult, img2img_timesteps, prepare
@@ -30,6 +31,7 @@ class Engine:
     def __init__(self, bundle: ModelBundle) -> None:
         self.bundle = bundle
         self.load_seconds = 0.0
+        self.image_tokens: ImageTokens | None = None  # IP-Adapter tokens while a request runs (core.ip_adapter)
 
     @classmethod
     def load(cls, options: LoadOptions | None = None, **kwargs: Any) -> "Engine":
@@ -54,16 +56,18 @@ class Engine:
             raise StudioError(f"Cannot run {type(request).__name__}: not a request of a registered kind "
                               f"({', '.join(sorted(RUNNERS))}).")
         check_steps(request.scheduler, self.bundle.scheduler_config, request.steps)
-        return RUNNERS[kind](self, request, callback)
+        with ip_adapter_session(self, request):  # IP-Adapter image prompts: installed for this request only
+            return RUNNERS[kind](self, request, callback)
 
     # --- building blocks shared by every method ------------------------------------------
 
     def model_fn(self, scheduler: Any) -> ModelFn:
         """The UNet as (z, t, embeddings) -> eps; v-prediction output is converted to eps."""
         unet, v_pred = self.bundle.unet, self.bundle.prediction_type == "v_prediction"
+        tokens = getattr(self, "image_tokens", None)  # embeddings end in IP-Adapter image tokens: the UNet takes (text, [tokens])
 
         def fn(z: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
-            out = unet(z, t, encoder_hidden_states=embeddings, return_dict=False)[0]
+            out = unet(z, t, encoder_hidden_states=split_tokens(embeddings, tokens), return_dict=False)[0]
             if v_pred:  # v = sqrt(abar) eps - sqrt(1 - abar) x0  =>  eps = sqrt(abar) v + sqrt(1 - abar) z
                 abar = alpha_bar(scheduler, t).to(z.device, z.dtype)
                 out = abar.sqrt() * out + (1 - abar).sqrt() * z
@@ -106,9 +110,13 @@ class Engine:
 
     # --- text-to-image and img2img -------------------------------------------------------
 
-    @torch.no_grad()
     def generate(self, request: GenerationRequest, callback: ProgressCallback | None = None) -> GenerationResult:
         """Text-to-image, or SDEdit img2img when ``request.init_image`` is set."""
+        with ip_adapter_session(self, request):
+            return self._generate(request, callback)
+
+    @torch.no_grad()
+    def _generate(self, request: GenerationRequest, callback: ProgressCallback | None) -> GenerationResult:
         width, height = self.resolve_size(request)
         if width * height > request.max_pixels:
             raise StudioError(f"{width}x{height} is over the limit of {request.max_pixels:,} pixels: "

@@ -35,7 +35,8 @@ What is adapted from MGAD's pixel-space model to a latent one:
   its own image prompt).
 
 Cutouts are drawn from a generator seeded by the request's seed and the step, so a recipe
-replays bit-exactly. The stacking order (DESIGN.md): this wrapper is outermost, around CFG
+replays bit-exactly. With ``ImageGuidance.method = "ip-adapter"`` the same image prompts (and
+regions' ones) act through an IP-Adapter instead (:mod:`core.ip_adapter`), and no CLIP guidance runs. The stacking order (DESIGN.md): this wrapper is outermost, around CFG
 and region fusion.
 """
 from __future__ import annotations
@@ -52,6 +53,7 @@ from torch import Tensor
 from .errors import StudioError
 
 RENDERERS = ("linear", "tiny", "vae")
+METHODS = ("clip", "ip-adapter")  # how image prompts act: MGAD's CLIP guidance, or IP-Adapter tokens
 MAX_IMAGE_PROMPTS = 8
 
 
@@ -87,6 +89,9 @@ class ImageGuidance:
     renderer: str = "linear"  # latents -> RGB for CLIP: "linear" (fast), "tiny" (tiny decoder), "vae" (exact)
     smooth: float = 3.0  # Gaussian sigma (latent pixels) applied to the gradient: keeps the pull to broad
     # colour and light, not the pixel-level patterns a small CLIP also responds to (0: none)
+    method: str = "clip"  # "clip": MGAD's CLIP guidance (this module); "ip-adapter": the references become
+    # IP-Adapter image tokens (core.ip_adapter; scale is then the adapter's scale, typically 0.5-1)
+    ip_adapter: str = "studio-ip-adapter"  # an IP-Adapter folder (or its .safetensors file) for method ip-adapter
 
     def __post_init__(self) -> None:
         from .requests import check_int, check_range, check_text, show
@@ -108,6 +113,11 @@ class ImageGuidance:
         if self.end <= self.start:
             raise StudioError(f"The image guidance must end after it starts (start {show(self.start)}, "
                               f"end {show(self.end)}).")
+        if self.method not in METHODS:
+            raise StudioError(f"Unknown image prompt method {show(self.method)}: use one of {', '.join(METHODS)}.")
+        if self.method == "ip-adapter":
+            check_range("The IP-Adapter scale", self.scale, 0, 5)
+        check_text("The IP-Adapter", self.ip_adapter)
         if self.renderer not in RENDERERS:
             raise StudioError(f"Unknown image guidance renderer {show(self.renderer)}: use one of "
                               f"{', '.join(RENDERERS)}.")
@@ -270,6 +280,8 @@ def image_prompt_guidances(engine: Any, request: Any, scheduler: Any,
             return []
         settings = ImageGuidance()
     prompts = [p for p in settings.prompts if p.weight > 0]
+    if settings.method != "clip":  # IP-Adapter: tokens in the prompt embeddings (core.ip_adapter), no guidance
+        return []
     if settings.scale == 0 or (not prompts and not regional and settings.text_weight == 0):
         return []
     guide = load_clip(settings.clip_model or None, engine.bundle.device)

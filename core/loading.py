@@ -367,7 +367,7 @@ def fuse_lora(pipe: StableDiffusionPipeline, path: Path, scale: float) -> LoraIn
     with safe_open(str(path), framework="pt") as file:
         expected = sum(1 for k in file.keys() if _LORA_DOWN_KEY.search(k))
     try:
-        with _quiet(*_LORA_LOGGERS):  # their notes (no text-encoder keys, unmatched keys) and errors become ours
+        with quiet(*_LORA_LOGGERS):  # their notes (no text-encoder keys, unmatched keys) and errors become ours
             pipe.load_lora_weights(str(path), adapter_name=_ADAPTER)
     except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AttributeError) as exc:
         text = str(exc).strip()
@@ -391,7 +391,7 @@ def fuse_lora(pipe: StableDiffusionPipeline, path: Path, scale: float) -> LoraIn
 
 
 @contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
+def quiet(*names: str) -> Iterator[None]:
     """Silence the named loggers for the block (loads hold the cache lock, so no race)."""
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]

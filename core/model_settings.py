@@ -5,7 +5,9 @@ A model folder may hold ``studio.json``::
     {"recommended": {"guidance_scale": 5.0, "steps": 30, "fidelity": 0.5, "fast_renderer": "linear"}}
 
 (every key optional; ``fast_renderer`` is what GradOP+ fast uses when asked for "auto", for
-a model whose tiny decoder costs nearly as much as its VAE). A folder used with an LCM-LoRA
+a model whose tiny decoder costs nearly as much as its VAE). A model with an IP-Adapter made for
+it recommends how image prompts act: ``"image_method": "ip-adapter", "ip_adapter": NAME,
+"ip_adapter_scale": 1.0`` (``image_method`` "clip" is MGAD's CLIP guidance, the default). A folder used with an LCM-LoRA
 recommends it with the settings it needs, the LoRA named relative to the folder::
 
     {"recommended": {"scheduler": "lcm", "steps": 4, "guidance_scale": 1.5,
@@ -43,6 +45,9 @@ class Recommended:
     scheduler: str | None = None  # e.g. "lcm" for a model used with an LCM-LoRA
     lora: str | None = None  # a LoRA file in the folder (read_recommended makes the path absolute)
     lora_scale: float | None = None  # that LoRA's scale (None: 1)
+    image_method: str | None = None  # how image prompts act: "clip" (MGAD guidance) or "ip-adapter"
+    ip_adapter: str | None = None  # the IP-Adapter made for this model (a name or folder, core.ip_adapter)
+    ip_adapter_scale: float | None = None  # its scale (None: 1)
 
     def __post_init__(self) -> None:
         if self.scheduler is not None:
@@ -50,6 +55,11 @@ class Recommended:
         check_text("Recommended lora", self.lora, optional=True)
         if self.lora_scale is not None:
             check_range("Recommended lora_scale", self.lora_scale, 0, 4)
+        if self.image_method is not None and self.image_method not in ("clip", "ip-adapter"):
+            raise StudioError(f"Recommended image_method must be 'clip' or 'ip-adapter', got {self.image_method!r:.40}.")
+        check_text("Recommended ip_adapter", self.ip_adapter, optional=True)
+        if self.ip_adapter_scale is not None:
+            check_range("Recommended ip_adapter_scale", self.ip_adapter_scale, 0, 5)
         if self.fast_renderer is not None and self.fast_renderer not in ("linear", "tiny"):
             raise StudioError(f"Recommended fast_renderer must be 'linear' or 'tiny', got {self.fast_renderer!r}.")
         if self.guidance_scale is not None:

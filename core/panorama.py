@@ -175,28 +175,47 @@ class FusionSetup:
     stride: int = 8
 
 
-def prompt_table(encoder: PromptEncoder, texts: list[str]) -> tuple[Tensor, dict[str, int]]:
-    """Each distinct text encoded once: (P, seq, dim) and text -> row."""
-    index: dict[str, int] = {}
-    for text in texts:
-        index.setdefault(text, len(index))
-    return torch.cat([encoder(text) for text in index]), index
+def prompt_key(text: str, negative: bool = False, region: Region | None = None) -> tuple[str, bool, int | None]:
+    """A prompt's key in :func:`prompt_table`: its text, whether it is a negative prompt, and the
+    region it belongs to (whose IP-Adapter image tokens a positive prompt carries)."""
+    return text, negative, None if region is None else id(region)
+
+
+def prompt_table(encoder: PromptEncoder, prompts: list[tuple[str, bool, Region | None]]
+                 ) -> tuple[Tensor, dict[tuple[str, bool, int | None], int]]:
+    """Each distinct prompt (text, negative, region) encoded once: (P, seq, dim) and
+    :func:`prompt_key` -> row. Without IP-Adapter tokens equal texts share one row; with them a
+    negative prompt carries the unconditional tokens, a region's prompt its own image's."""
+    tokens = encoder.image_tokens
+    rows: dict[tuple, int] = {}
+    index: dict[tuple[str, bool, int | None], int] = {}
+    embeddings = []
+    for text, negative, region in prompts:
+        if tokens is None:
+            same = (text,)
+        else:
+            same = (text, True) if negative else (text, False, id(tokens.for_region(region)))
+        if same not in rows:
+            rows[same] = len(rows)
+            embeddings.append(encoder.negative(text) if negative else encoder(text, region))
+        index[prompt_key(text, negative, region)] = rows[same]
+    return torch.cat(embeddings), index
 
 
 def build_paths(request: MultiDiffusionRequest, masks: list[Tensor], regions: list[Region],
-                index: dict[str, int], shape: tuple[int, int]) -> list[FusionPath]:
+                index: dict[tuple[str, bool, int | None], int], shape: tuple[int, int]) -> list[FusionPath]:
     """The background path (W = clamp(1 - sum masks, 0)) and one path per region (W = w_r m_r)."""
     paths: list[FusionPath] = []
     background = background_weight(masks, shape)
     if bool((background > 0).any()):
-        paths.append(FusionPath(background, index[request.prompt], index[request.negative_prompt],
-                                request.guidance_scale))
+        paths.append(FusionPath(background, index[prompt_key(request.prompt)],
+                                index[prompt_key(request.negative_prompt, True)], request.guidance_scale))
     boot = request.bootstrap > 0
     for region, mask in zip(regions, masks):
         negative = request.negative_prompt if region.negative_prompt is None else region.negative_prompt
         scale = request.guidance_scale if region.guidance_scale is None else region.guidance_scale
-        paths.append(FusionPath(region.weight * mask, index[region.prompt], index[negative], scale,
-                                mask.clamp(0, 1) if boot else None))
+        paths.append(FusionPath(region.weight * mask, index[prompt_key(region.prompt, False, region)],
+                                index[prompt_key(negative, True)], scale, mask.clamp(0, 1) if boot else None))
     return paths
 
 
@@ -207,10 +226,11 @@ def fusion_setup(engine: Engine, request: MultiDiffusionRequest, encoder: Prompt
     shape = (size[1] // factor, size[0] // factor)
     regions, masks, warnings = latent_masks(list(request.regions), size, factor, soft=request.soft_masks,
                                             feather=request.feather, max_regions=request.max_regions)
-    texts = [request.prompt, request.negative_prompt]
+    keys: list[tuple[str, bool, Region | None]] = [(request.prompt, False, None), (request.negative_prompt, True, None)]
     for region in regions:
-        texts += [region.prompt, request.negative_prompt if region.negative_prompt is None else region.negative_prompt]
-    embeddings, index = prompt_table(encoder, texts)
+        negative = request.negative_prompt if region.negative_prompt is None else region.negative_prompt
+        keys += [(region.prompt, False, region), (negative, True, None)]
+    embeddings, index = prompt_table(encoder, keys)
     paths = build_paths(request, masks, regions, index, shape)
     window = request.window or int(engine.bundle.unet.config.sample_size)
     stride = request.stride or max(1, window // 8)

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .errors import StudioError
 from .prompts import PromptEncoder
 from .sampling import EpsFn, ProgressCallback, StepHook, classifier_free_guidance, denoise, step_kwargs
 from .schedulers import make_scheduler
@@ -131,7 +132,7 @@ class Run:
         """The negative prompt's embeddings, or None when classifier-free guidance is off."""
         if self.request.guidance_scale <= 1:
             return None
-        return self.encoder(self.request.negative_prompt).repeat(self.request.num_images, 1, 1)
+        return self.encoder.negative(self.request.negative_prompt).repeat(self.request.num_images, 1, 1)
 
     def new_scheduler(self) -> Any:
         """A fresh scheduler like the main one (a method with several passes uses one per pass)."""
@@ -192,7 +193,12 @@ class Run:
 def prepare(engine: Any, request: Any, size: tuple[int, int]) -> Run:
     """The start of every request: its prompt encoder, main scheduler and seeds (image i: seed + i)."""
     bundle = engine.bundle
-    encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)
+    tokens = getattr(engine, "image_tokens", None)
+    guidance = getattr(request, "image_guidance", None)
+    if tokens is None and guidance is not None and guidance.method == "ip-adapter":
+        raise StudioError("An IP-Adapter request runs through Engine.run (which installs the adapter), "
+                          "not a runner called directly.")
+    encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device, tokens)
     run = Run(engine, request, size[0], size[1], encoder, scheduler=None,
               seeds=[request.seed + i for i in range(request.num_images)])
     run.scheduler = run.new_scheduler()

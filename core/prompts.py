@@ -24,13 +24,27 @@ class PromptEncoder:
     its own copy, so nothing a request does to its embeddings reaches another.
     """
 
-    def __init__(self, tokenizer: Any, text_encoder: Any, device: torch.device) -> None:
+    def __init__(self, tokenizer: Any, text_encoder: Any, device: torch.device, image_tokens: Any = None) -> None:
         self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
+        self.image_tokens = image_tokens  # core.ip_adapter.ImageTokens: appended to every embedding (IP-Adapter)
         self.warnings: list[str] = []
         self._cache: dict[str, Tensor] = {}
 
-    def __call__(self, text: str) -> Tensor:
-        """(1, seq, dim) embeddings of ``text``."""
+    def __call__(self, text: str, region: Any = None) -> Tensor:
+        """(1, seq, dim) embeddings of ``text`` as a positive prompt (of ``region``, for its own
+        IP-Adapter image prompt); with image tokens, they follow the text's."""
+        if self.image_tokens is None:
+            return self.text(text)
+        return torch.cat([self.text(text), self.image_tokens.for_region(region).to(self.device)], dim=1)
+
+    def negative(self, text: str) -> Tensor:
+        """(1, seq, dim) embeddings of ``text`` as a negative prompt (the unconditional image tokens)."""
+        if self.image_tokens is None:
+            return self.text(text)
+        return torch.cat([self.text(text), self.image_tokens.negative.to(self.device)], dim=1)
+
+    def text(self, text: str) -> Tensor:
+        """(1, seq, dim) text embeddings alone."""
         if text not in self._cache:
             self._cache[text] = self._shared(text)
         return self._cache[text]
