@@ -35,21 +35,23 @@ METHOD_HELP = {
 
 @dataclass(frozen=True)
 class ImagePromptSettings:
-    """A page's image prompts (MGAD CLIP guidance): a reference picture for the whole picture
-    and/or one per region colour (PNG bytes, so settings compare and hash by content), their
-    weights, and the guidance's strength."""
+    """A page's image prompts (IP-Adapter or MGAD CLIP guidance): a reference picture for the
+    whole picture and/or one per region colour (PNG bytes, so settings compare and hash by
+    content), their weights, the strength and how they act."""
 
     image_png: bytes | None = None  # the whole picture's reference
     weight: float = 1.0
     scale: float = 1.0
     regions: tuple[tuple[str, bytes, float], ...] = ()  # (colour hex, PNG, weight): Region Painter
+    method: str = "clip"  # core.image_prompt.METHODS: "clip" or "ip-adapter"
+    ip_adapter: str = "studio-ip-adapter"  # the adapter, for method ip-adapter
 
     def guidance(self) -> ImageGuidance | None:
         """The request's ImageGuidance, or None when there is no reference at all."""
         if self.image_png is None and not self.regions:
             return None
         prompts = () if self.image_png is None else (ImagePrompt(_image(self.image_png), self.weight),)
-        return ImageGuidance(prompts=prompts, scale=self.scale)
+        return ImageGuidance(prompts=prompts, scale=self.scale, method=self.method, ip_adapter=self.ip_adapter)
 
     def region_prompt(self, color: str) -> ImagePrompt | None:
         for hex_, png, weight in self.regions:

@@ -38,7 +38,39 @@ def ui_state(page: str, settings: tuple[str, ...], **parts: Any) -> dict[str, An
     ``settings`` keys and table rows, plus ``parts`` (canvas, images, ...)."""
     return {"page": page, "seed": int(ss["seed"]), "sidebar": sidebar_state(),
             "settings": {k: ss.get(f"{page}.{k}") for k in settings},
-            "rows": dict(ss.get(f"{page}.rows") or {}), **parts}
+            "rows": dict(ss.get(f"{page}.rows") or {}), "image_prompt": image_prompt_state(page), **parts}
+
+
+IMAGE_PROMPT_SETTINGS = {"ip_weight": (int, float), "ip_scale": (int, float), "ip_method": str}
+
+
+def image_prompt_state(page: str) -> dict[str, Any]:
+    """The page's Image prompt expander (widgets.image_prompt_controls): references and settings."""
+    regions = ss.get(f"{page}.ip_regions") or {}
+    return {"png": b64(ss.get(f"{page}.ip_png")), "regions": {c: b64(png) for c, png in regions.items()},
+            **{k: ss.get(f"{page}.{k}") for k in IMAGE_PROMPT_SETTINGS}}
+
+
+def restore_image_prompt(page: str, state: Any) -> None:
+    """Put a saved Image prompt expander back (untrusted: only real images and sane values)."""
+    if not isinstance(state, dict):
+        return
+    ss[f"{page}.ip_png"] = saved_image(state.get("png"))
+    regions = {}
+    for colour, text in (state.get("regions").items() if isinstance(state.get("regions"), dict) else ()):
+        png = saved_image(text)
+        try:
+            colour = to_hex(colour)
+        except (StudioError, ValueError, TypeError):
+            continue
+        if png is not None and len(regions) < 64:
+            regions[colour] = png
+    ss[f"{page}.ip_regions"] = regions
+    for key, kind in IMAGE_PROMPT_SETTINGS.items():
+        value = state.get(key)
+        if isinstance(value, kind) and not isinstance(value, bool) and _plain(value):
+            ss[f"{page}.{key}"] = value
+    ss[f"{page}.ip_rev"] = int(ss.get(f"{page}.ip_rev", 0)) + 1
 
 
 def canvas_state(page: str, drawing: Any, dims: tuple[int, int], **extra: Any) -> dict[str, Any]:
@@ -117,6 +149,7 @@ def restore_ui(page: str, ui: dict[str, Any]) -> None:
                       raster=saved_image(canvas.get("raster_png")))
     if ui.get("rows") is not None:
         set_rows(page, _rows(ui["rows"]))
+    restore_image_prompt(page, ui.get("image_prompt"))
     images = ui.get("images")
     for key in IMAGE_PARTS:
         if isinstance(images, dict) and key in images:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from core.errors import StudioError
 from core.inputs import has_alpha, open_image
+from core.ip_adapter import DEFAULT_IP_ADAPTER
 
 from .canvas import EMPTY_DRAWING, compose, image_from_bytes, object_count, png_bytes, render_drawing, scale_drawing
 from core.colors import MapRegion, flatten, read_region_map, readable_name, region_label_image, swatch_data_url, to_hex
@@ -369,9 +370,24 @@ def image_prompt_controls(page: str, region_colours: list[str] | None = None) ->
     its weight and the guidance strength; with ``region_colours`` also one reference per colour."""
     ss.setdefault(f"{page}.ip_png", None)
     ss.setdefault(f"{page}.ip_regions", {})
+    from .shared import keep_valid, recommended
+
+    rec = recommended()
+    adapter = rec.ip_adapter or DEFAULT_IP_ADAPTER
+    methods = {"IP-Adapter": "ip-adapter", "CLIP guidance": "clip"}
+    default = "IP-Adapter" if rec.image_method == "ip-adapter" else "CLIP guidance"
+    scale = float(rec.ip_adapter_scale or 1.0) if rec.image_method == "ip-adapter" else 1.0
+    keep_valid(page, {"ip_method": (default, list(methods)), "ip_weight": (1.0, (0.0, 3.0)),
+                      "ip_scale": (scale, (0.0, 5.0))})  # a reopened gallery item brings these back
+    for key, value in (("ip_method", default), ("ip_weight", 1.0), ("ip_scale", scale)):
+        ss.setdefault(f"{page}.{key}", value)
     with st.expander("Image prompt", icon=":material/image:"):
-        st.caption("A reference picture whose colours and light the result takes on (MGAD: CLIP guidance with "
-                   "text and image prompts together).")
+        st.caption("A reference picture whose look the result takes on: IP-Adapter (its image as extra "
+                   "cross-attention tokens; needs an adapter made for the model) or CLIP guidance (MGAD: text and "
+                   "image prompts together through CLIP; any model, carries colours and light).")
+        st.radio("How the reference acts", list(methods), key=f"{page}.ip_method", horizontal=True,
+                 help=f"IP-Adapter uses {adapter} (the model's recommendation, else the bundled one made for the "
+                      "demo model); CLIP guidance the bundled studio-clip.")
         uploaded = st.file_uploader("Reference picture", type=["png", "jpg", "jpeg", "webp"],
                                     key=f"{page}.ip_upload.{ss.get(f'{page}.ip_rev', 0)}")
         if uploaded is not None and ss.get(f"{page}.ip_id") != uploaded.file_id:
@@ -387,10 +403,11 @@ def image_prompt_controls(page: str, region_colours: list[str] | None = None) ->
                 ss[f"{page}.ip_png"] = None
                 ss[f"{page}.ip_rev"] = ss.get(f"{page}.ip_rev", 0) + 1
                 st.rerun()
-        st.slider("Weight of the reference", 0.0, 3.0, 1.0, 0.1, key=f"{page}.ip_weight",
+        st.slider("Weight of the reference", 0.0, 3.0, step=0.1, key=f"{page}.ip_weight",
                   help="Relative to the regions' references. 0 turns it off.")
-        st.slider("Image guidance strength", 0.0, 5.0, 1.0, 0.25, key=f"{page}.ip_scale",
-                  help="How hard the picture is pulled towards the reference (0: off).")
+        st.slider("Image prompt strength", 0.0, 5.0, step=0.05, key=f"{page}.ip_scale",
+                  help="How strongly the reference acts (0: off): the IP-Adapter's scale (0.5-1 is usual) or the "
+                       "CLIP guidance's.")
         regions: dict[str, bytes] = ss[f"{page}.ip_regions"]
         if region_colours:
             st.markdown("**Per region**")
@@ -415,4 +432,5 @@ def image_prompt_controls(page: str, region_colours: list[str] | None = None) ->
     if ss[f"{page}.ip_png"] is None and not region_refs:
         return None
     return ImagePromptSettings(image_png=ss[f"{page}.ip_png"], weight=float(ss[f"{page}.ip_weight"]),
-                               scale=float(ss[f"{page}.ip_scale"]), regions=region_refs)
+                               scale=float(ss[f"{page}.ip_scale"]), regions=region_refs,
+                               method=methods[ss[f"{page}.ip_method"]], ip_adapter=adapter)

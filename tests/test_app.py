@@ -708,3 +708,13 @@ def test_image_prompts_on_the_scribble_page_and_per_region(studio: Path) -> None
     regions = json.loads((studio / f"{item}.json").read_text())["recipe"]["request"]["regions"]
     described = [r for r in regions if r["image_prompt"] is not None]
     assert [r["name"] for r in described] == ["#e53935"] and described[0]["prompt"] == ""
+
+    # Open in editor brings the references and the expander's settings back
+    at.session_state["regions.ip_regions"] = {}
+    at.session_state["regions.ip_method"] = "IP-Adapter"
+    at.switch_page(PAGES["gallery"]).run()
+    at.button(key=f"gallery.view.{item}").click().run()
+    at.button(key="gallery.open").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["regions.ip_regions"] == {"#e53935": _reference_png((250, 200, 40))}
+    assert at.session_state["regions.ip_method"] == "CLIP guidance"
