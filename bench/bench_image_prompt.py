@@ -1,6 +1,6 @@
-"""Image prompts (MGAD CLIP guidance): does a reference painting steer style and time of day?
+"""Image prompts (MGAD CLIP guidance, IP-Adapter): does a reference painting steer style and time of day?
 
-    python -m bench.bench_image_prompt [--model M] [--clip C] [--count 60] [--scales 2,4]
+    python -m bench.bench_image_prompt [--model M] [--clip C] [--count 60] [--scales 2,4] [--ip-scales 0.5,1]
 
 Held-out paintings (dataset seed 707: never trained on by the demo model, its CLIP or the
 classifier) are each the image prompt of one generation with the neutral text prompt
@@ -12,7 +12,12 @@ whether the generated picture has the reference's style, its time of day, and bo
 * text only, "a painting": no image prompt (what the neutral prompt gives: about chance);
 * the reference's own caption, no image prompt (what words can do);
 * image prompt at each scale, through the fast linear latent->RGB map, and through the tiny
-  decoder (``--renderers``).
+  decoder (``--renderers``);
+* IP-Adapter at each of ``--ip-scales`` (``--ip-adapter``, default the bundled studio-ip-adapter
+  trained for the demo model by ``python -m training.ip_adapter``);
+* with ``--unseen-prompt TEXT`` (default "an image"), text only and IP-Adapter at
+  ``--unseen-scale`` with that text instead: a vague prompt the adapter's training never used ("a painting" is one of
+  its generic prompts, training.ip_adapter.GENERIC_PROMPTS).
 
 Cost: seconds per 256 px, 20-step image, side by side in this run, and the ratio to text only.
 Writes bench/results/NAME.{json,md} and NAME.png (references above their results).
@@ -64,9 +69,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, tuple[str, ImageGuidance | None]] = {"text only, \"a painting\"": (NEUTRAL, None),
                                                              "the reference's caption": ("", None)}
     for renderer in args.renderers.split(","):
-        for scale in (float(s) for s in args.scales.split(",")):
-            settings[f"image prompt, {renderer}, scale {scale:g}"] = (NEUTRAL, ImageGuidance(
+        for scale in (float(s) for s in args.scales.split(",") if s):
+            settings[f"CLIP guidance, {renderer}, scale {scale:g}"] = (NEUTRAL, ImageGuidance(
                 scale=scale, clip_model=args.clip, renderer=renderer, cutouts=args.cutouts))
+    ip_scales = [float(s) for s in args.ip_scales.split(",") if s]
+    for scale in ip_scales:
+        settings[f"IP-Adapter, scale {scale:g}"] = (NEUTRAL, ImageGuidance(scale=scale, method="ip-adapter",
+                                                                             ip_adapter=args.ip_adapter))
+    if args.unseen_prompt and ip_scales:
+        settings[f"text only, \"{args.unseen_prompt}\""] = (args.unseen_prompt, None)
+        settings[f"IP-Adapter, scale {args.unseen_scale:g}, \"{args.unseen_prompt}\""] = (
+            args.unseen_prompt, ImageGuidance(scale=args.unseen_scale, method="ip-adapter", ip_adapter=args.ip_adapter))
     images: dict[str, np.ndarray] = {}
     for name, (prompt, guidance) in settings.items():
         out = np.empty_like(refs)
@@ -88,15 +101,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Image.fromarray(np.concatenate([np.concatenate(list(r), 1) for r in grid_rows], 0)).resize(
         (8 * 128, 128 * len(grid_rows))).save(RESULTS / f"{args.name}.png")
     return {"rows": rows, "count": args.count, "steps": args.steps, "model": engine.bundle.location,
-            "clip": args.clip, "grid_rows": ["references"] + list(images), "reference_seed": REFERENCE_SEED,
+            "clip": args.clip, "ip_adapter": args.ip_adapter, "grid_rows": ["references"] + list(images), "reference_seed": REFERENCE_SEED,
             "chance": {"style": 1 / len(P.STYLES), "time": 1 / len(P.TIMES),
                        "both": 1 / (len(P.STYLES) * len(P.TIMES))}}
 
 
 def markdown(report: dict[str, Any]) -> str:
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
-    lines = [f"# Image prompts (MGAD CLIP guidance)\n",
-             f"`{report['command']}` on {report['model']} with CLIP {report['clip']}; {report['count']} held-out "
+    lines = [f"# Image prompts (MGAD CLIP guidance and IP-Adapter)\n",
+             f"`{report['command']}` on {report['model']} with CLIP {report['clip']} and IP-Adapter "
+             f"{report.get('ip_adapter')}; {report['count']} held-out "
              f"references (dataset seed {report['reference_seed']}), 256 px, DDIM {report['steps']} steps, CFG 7.5, "
              f"text prompt \"{NEUTRAL}\" unless said. The attribute classifier judges whether the generated picture "
              f"has the reference's style, time of day, and both (chance {pct(report['chance']['style'])} / "
@@ -120,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scales", default="2,4", help="image guidance scales to measure")
     parser.add_argument("--renderers", default="linear", help="comma-separated: linear, tiny, vae")
+    parser.add_argument("--ip-scales", default="0.5,1,1.5,2", help="IP-Adapter scales to measure (empty: none)")
+    parser.add_argument("--ip-adapter", default="studio-ip-adapter", help="IP-Adapter folder or name")
+    parser.add_argument("--unseen-prompt", default="an image",
+                        help="a vague prompt the adapter never trained with (empty: no such rows)")
+    parser.add_argument("--unseen-scale", type=float, default=1.5, help="the IP-Adapter scale of that row")
     parser.add_argument("--cutouts", type=int, default=16)
     parser.add_argument("--classifier-count", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)

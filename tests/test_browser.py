@@ -529,4 +529,5 @@ def test_an_image_prompt_guides_a_scribble(page, server, tmp_path) -> None:
     generate_and_wait(page, "scribble")
     shot(page, "scribble-image-prompt")
     guidance = newest_sidecar(outputs)["recipe"]["request"]["image_guidance"]
-    assert guidance["clip_model"] == "studio-clip" and len(guidance["prompts"]) == 1
+    assert guidance["method"] == "ip-adapter" and len(guidance["prompts"]) == 1  # the demo model's recommendation
+    assert guidance["ip_adapter"] == "studio-ip-adapter"

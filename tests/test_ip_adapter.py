@@ -257,3 +257,73 @@ def test_the_trainer_writes_an_adapter_the_studio_loads(tiny_model_dir: Path, tm
     result = tiny_engine.run(request(steps=2, image_guidance=ip(out)))
     assert result.images[0].size == (64, 64)
 
+
+
+def test_cli_takes_the_models_recommended_method_adapter_and_scale(tiny_model_dir: Path, tiny_adapter: Path,
+                                                                   tmp_path: Path, capsys):
+    from core.recipe import read_recipe
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "studio.json").write_text(json.dumps({"recommended": {
+        "image_method": "ip-adapter", "ip_adapter": str(tiny_adapter), "ip_adapter_scale": 0.7}}))
+    reference().save(tmp_path / "ref.png")
+    for extra, method, scale in (([], "ip-adapter", 0.7), (["--image-guidance", "0.4"], "ip-adapter", 0.4),
+                                 (["--image-method", "clip"], "clip", 1.0)):
+        out = tmp_path / f"{method}-{scale}.png"
+        code = cli_main(["txt2img", "--model", str(model), "--prompt", "a square", "--steps", "2",
+                         "--image-prompt", str(tmp_path / "ref.png"), "--out", str(out), "--quiet", *extra])
+        assert code == 0, capsys.readouterr().err
+        guidance = read_recipe(out)["request"]["image_guidance"]
+        assert (guidance["method"], guidance["scale"]) == (method, scale)
+    capsys.readouterr()
+
+
+# --- meaning, on the bundled demo model and its bundled adapter --------------------------------
+
+@pytest.fixture(scope="module")
+def demo() -> Engine:
+    return Engine.load(model="studio-demo", device="cpu")
+
+
+def held_out(time: str) -> Image.Image:
+    """The first held-out painting (bench_image_prompt's reference seed) at this time of day."""
+    from training import procedural as P
+    from training.make_dataset import item_scene
+
+    for i in range(200):
+        scene, style, _ = item_scene(707, i)
+        if scene.time == time:
+            return Image.fromarray(P.render_painting(scene, 256, style))
+    raise AssertionError(f"no {time} painting")
+
+
+def brightness(image: Image.Image, cols: slice = slice(None)) -> float:
+    return float(np.asarray(image.convert("RGB"), dtype=np.float64)[:, cols].mean() / 255)
+
+
+def test_a_night_reference_gives_a_darker_picture_than_a_day_one(demo: Engine):
+    """With the neutral prompt "a painting", the reference's light decides the picture's."""
+    def run(time: str) -> Image.Image:
+        guidance = ImageGuidance(prompts=(ImagePrompt(held_out(time)),), method="ip-adapter")
+        return demo.run(GenerationRequest("a painting", width=256, height=256, steps=15, seed=1,
+                                          image_guidance=guidance)).images[0]
+
+    night, day = brightness(run("night")), brightness(run("day"))
+    assert day > night + 0.15, (day, night)
+
+
+def test_a_region_described_by_a_night_picture_is_dark_inside_it(demo: Engine):
+    """MultiDiffusion with an image per region: the left half's night reference darkens only it."""
+    left = Image.new("L", (256, 256), 0)
+    left.paste(255, (0, 0, 128, 256))
+    whole = ImageGuidance(prompts=(ImagePrompt(held_out("day")),), method="ip-adapter")
+
+    def run(time: str) -> Image.Image:
+        region = Region(mask=left, prompt="", image_prompt=ImagePrompt(held_out(time)))
+        return demo.run(MultiDiffusionRequest("a painting", regions=(region,), width=256, height=256, steps=15,
+                                              seed=2, image_guidance=whole)).images[0]
+
+    night, day = run("night"), run("day")
+    assert brightness(day, slice(0, 112)) > brightness(night, slice(0, 112)) + 0.1
+    assert abs(brightness(day, slice(144, 256)) - brightness(night, slice(144, 256))) < 0.1

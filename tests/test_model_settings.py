@@ -30,7 +30,8 @@ def test_reads_every_setting(tmp_path: Path) -> None:
 @pytest.mark.parametrize("data", [
     [1, 2], {"recommended": [1]}, {"other": {}}, {"recommended": {"cfg": 5}}, {"recommended": {"steps": "30"}},
     {"recommended": {"steps": 2.5}}, {"recommended": {"guidance_scale": 1e9}}, {"recommended": {"fidelity": -1}},
-    {"recommended": {"steps": True}},
+    {"recommended": {"steps": True}}, {"recommended": {"image_method": "magic"}},
+    {"recommended": {"ip_adapter_scale": 9}}, {"recommended": {"ip_adapter": 3}},
 ])
 def test_bad_files_are_one_clear_error(tmp_path: Path, data: object) -> None:
     with pytest.raises(StudioError) as info:
