@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
-    lines = [f"# Image prompts (MGAD CLIP guidance and IP-Adapter)\n",
+    lines = ["# Image prompts (MGAD CLIP guidance and IP-Adapter)\n",
              f"`{report['command']}` on {report['model']} with CLIP {report['clip']} and IP-Adapter "
              f"{report.get('ip_adapter')}; {report['count']} held-out "
              f"references (dataset seed {report['reference_seed']}), 256 px, DDIM {report['steps']} steps, CFG 7.5, "

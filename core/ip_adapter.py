@@ -78,15 +78,20 @@ class IpAdapter:
     def cross_attention_dim(self) -> int:
         return int(self.state["image_proj"]["proj.weight"].shape[0]) // TOKENS
 
-    @torch.no_grad()
     def embed(self, images: Sequence[Image.Image], weights: Sequence[float] | None = None) -> Tensor:
         """(1, E): the weighted mean of the images' CLIP image embeddings."""
-        param = next(self.encoder.parameters())
-        pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
-        embeds = self.encoder(pixel_values=pixels.to(param.device, param.dtype)).image_embeds.float()
+        embeds = image_embeds(self.encoder, self.processor, images)
         w = torch.tensor(list(weights) if weights is not None else [1.0] * len(images), dtype=torch.float32,
                          device=embeds.device)
         return ((w[:, None] * embeds).sum(0, keepdim=True) / w.sum().clamp_min(1e-8))
+
+
+@torch.no_grad()
+def image_embeds(encoder: Any, processor: Any, images: Sequence[Image.Image]) -> Tensor:
+    """(N, E) CLIP image embeddings, as diffusers' pipelines compute them (``image_embeds``)."""
+    param = next(encoder.parameters())
+    pixels = processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
+    return encoder(pixel_values=pixels.to(param.device, param.dtype)).image_embeds.float()
 
 
 def _models_dir() -> Path:

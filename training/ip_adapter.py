@@ -119,9 +119,10 @@ def build_set(model: Path, clip: Path, count: int, size: int, workers: int, log=
     """Render ``count`` paintings; their VAE latents (mean, std), CLIP image embeddings, captions."""
     from diffusers import AutoencoderKL
 
-    from core.ip_adapter import IpAdapter
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
     from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from core.ip_adapter import image_embeds
 
     started = time.perf_counter()
     jobs = [(DATA_SEED, i, size) for i in range(count)]
@@ -134,7 +135,6 @@ def build_set(model: Path, clip: Path, count: int, size: int, workers: int, log=
     vae = AutoencoderKL.from_pretrained(model / "vae", use_safetensors=True).eval()
     encoder = CLIPVisionModelWithProjection.from_pretrained(clip, use_safetensors=True).eval()
     processor = CLIPImageProcessor.from_pretrained(clip)
-    helper = IpAdapter("training", {"image_proj": {}, "ip_adapter": {}}, encoder, processor)
     means, stds, embeds = [], [], []
     with torch.no_grad():
         for start in range(0, count, 32):
@@ -143,7 +143,7 @@ def build_set(model: Path, clip: Path, count: int, size: int, workers: int, log=
             dist = vae.encode(x).latent_dist
             means.append(dist.mean.half())
             stds.append(dist.std.half())
-            embeds += [helper.embed([Image.fromarray(im)]) for im in batch]
+            embeds.append(image_embeds(encoder, processor, [Image.fromarray(im) for im in batch]))
     log(f"ip-adapter: latents and embeddings in {time.perf_counter() - started:.0f} s")
     return {"mean": torch.cat(means), "std": torch.cat(stds), "embeds": torch.cat(embeds).float(),
             "texts": [t for _, t in items]}
