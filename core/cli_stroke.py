@@ -2,21 +2,25 @@
 
     python -m core stroke --model M --strokes SCRIBBLE.png --prompt P [--method gradop+|gradop|sdedit]
         [--fast] [--fidelity F] [--strength F --iterative-steps N --grad-steps N --lr F]
-        [--words WORDS.json] --out FILE.png
+        [--words WORDS.json | --prompts PROMPTS.json] [--width W --panorama] --out FILE.png
 
 The output size defaults to the scribble's. WORDS.json maps a colour of the scribble to
-words of the prompt: ``{"#3050e0": "river", "#a0a0a0": ["castle", "stone walls"]}``.
+words of the prompt: ``{"#3050e0": "river", "#a0a0a0": ["castle", "stone walls"]}``;
+PROMPTS.json gives colours their own prompts instead. ``--panorama`` with a ``--width`` larger
+than the model's size makes a scribble-guided panorama (the scribble is stretched to it).
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any, Callable
 
+from PIL import Image
+
 from .cli import add_common, add_generation, image_guidance, load_engine, run_and_save
 from .errors import StudioError
 from .inputs import open_image, read_json_file
 from .region_map import load_prompt_table, regions_from_map
-from .requests import random_seed
+from .requests import DEFAULT_MAX_PIXELS, check_pixels, check_side, random_seed
 from .stroke_guidance import METHODS, RENDERERS, WORDS_EXAMPLE, stroke_request, word_pairs
 
 
@@ -39,6 +43,13 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
     strokes = open_image(args.strokes, "Scribble")
     seed = args.seed if args.seed is not None else random_seed()
     regions, notes = (), []
+    if args.panorama:  # the scribble stretched to the panorama's canvas, as the app's panorama width does
+        check_side("width", args.width)
+        check_side("height", args.height)
+        size = (args.width or strokes.width, args.height or strokes.height)
+        if size != strokes.size:
+            check_pixels(*size, DEFAULT_MAX_PIXELS)
+            strokes = strokes.resize(size, Image.NEAREST)
     if args.prompts:  # each listed colour of the scribble gets its own prompt (MultiDiffusion)
         found, notes = regions_from_map(strokes, load_prompt_table(args.prompts), unlisted="background")
         regions = tuple(found)
@@ -49,7 +60,7 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
         strength=args.strength, iterative_steps=args.iterative_steps, grad_steps=args.grad_steps, lr=args.lr,
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
         refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
-        region_attention=args.region_attention, renderer=args.renderer,
+        region_attention=args.region_attention, renderer=args.renderer, panorama=args.panorama,
         image_guidance=image_guidance(args, regions),
     )
     result = run_and_save(args, load_engine(args), request)
@@ -83,5 +94,8 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
                                      "(region prompts by MultiDiffusion; --prompt is the background's)")
     p.add_argument("--region-attention", action="store_true",
                    help="--prompts: every region prompt in one UNet pass (regional attention) instead of fusion")
+    p.add_argument("--panorama", action="store_true",
+                   help="a wide canvas (--width several times the model's size): denoise it in MultiDiffusion's "
+                        "windows of the model's native size, as a panorama, instead of in one piece")
     add_common(p)
     commands["stroke"] = cmd_stroke

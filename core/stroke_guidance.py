@@ -100,6 +100,8 @@ class StrokeRequest(Sampling):
     # request's prompt is the background's. Composes with every method; not with words.
     region_bootstrap: float = 0.4  # MultiDiffusion bootstrapping: share of the schedule's first steps
     region_attention: bool = False  # region prompts in one UNet pass (core.regional_attention), not fused
+    panorama: bool = False  # a canvas wider (or taller) than the model's native size: MultiDiffusion's windows
+    # of the native size (core.panorama), with or without region prompts, instead of one UNet call on it all
     max_regions: int = limit_field(MAX_REGIONS)
 
     def __post_init__(self) -> None:
@@ -165,16 +167,26 @@ class StrokeRequest(Sampling):
         check_range("Region bootstrap", self.region_bootstrap, 0, 1)
         check_flag("Region attention", self.region_attention)
         check_int("Region limit", self.max_regions, 1, 1024)  # checked with or without regions: it is recorded
+        check_flag("Panorama", self.panorama)
         if self.regions and self.words:
             raise StudioError("Words and region prompts do not combine: give each colour either words of the "
                               "prompt or its own prompt, not both kinds in one request.")
-        if self.regions:
+        if self.panorama and self.words:
+            raise StudioError("Words do not work on panorama canvases yet: give each colour its own prompt instead "
+                              "(region prompts), or make a picture of normal width.")
+        if self.fused:
             self.fusion_request()  # checks the regions as a MultiDiffusion request would
 
+    @property
+    def fused(self) -> bool:
+        """Whether the request denoises through MultiDiffusion (region prompts, or a panorama canvas)."""
+        return bool(self.regions) or self.panorama
+
     def fusion_request(self, **extra: Any) -> MultiDiffusionRequest:
-        """The MultiDiffusion half of a request with region prompts."""
+        """The MultiDiffusion half of a request with region prompts or on a panorama canvas."""
         width, height = self.size
         return MultiDiffusionRequest(**{**self.sampling(), "width": width, "height": height}, regions=self.regions,
+                                     kind="panorama" if self.panorama else "regions",
                                      bootstrap=self.region_bootstrap, attention=self.region_attention,
                                      max_regions=self.max_regions, **extra)
 
@@ -296,7 +308,7 @@ def _base_eps(engine: Engine, request: StrokeRequest, run: Run) -> tuple[EpsFn, 
     """The eps_fn that stroke guidance steers, with the run's noise drawn: classifier-free
     guidance, or with region prompts MultiDiffusion's fusion (the guidance is unchanged); and
     the image prompts' guidances (the whole picture's, and each region's)."""
-    if not request.regions:
+    if not request.fused:
         run.draw_noise()
         return run.cfg_eps(), image_prompt_guidances(engine, request, run.scheduler)
     fusion = request.fusion_request()
@@ -402,8 +414,8 @@ def _window_warning(request: StrokeRequest) -> list[str]:
 
 def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallback | None) -> StrokeResult:
     """SDEdit: img2img from the (flattened) scribble at ``strength``, through Engine.generate
-    (through MultiDiffusion with region prompts)."""
-    if request.regions:
+    (through MultiDiffusion with region prompts or on a panorama canvas)."""
+    if request.fused:
         result = engine.run(request.fusion_request(init_image=flatten_scribble(request.strokes),
                                                    strength=request.strength), callback)
         return StrokeResult(images=result.images, seeds=result.seeds, latents=result.latents, request=request,

@@ -22,12 +22,14 @@ shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidan
 shared.init_state({
     f"{PAGE}.prompt": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.method": methods[0],
     f"{PAGE}.variations": 1,
-    f"{PAGE}.size": "Square", f"{PAGE}.name_regions": False, f"{PAGE}.free_background": True,
+    f"{PAGE}.size": "Square", f"{PAGE}.multiplier": 1, f"{PAGE}.name_regions": False,
+    f"{PAGE}.free_background": True,
     f"{PAGE}.live": False, f"{PAGE}.live_steps": LIVE_STEPS,
 })
 shared.keep_valid(PAGE, {
     "prompt": ("", None), "negative": ("", None), "method": (methods[0], methods), "variations": (1, (1, 8)),
-    "size": ("Square", widgets.aspect_sizes(8)), "name_regions": (False, None), "free_background": (True, None),
+    "size": ("Square", widgets.aspect_sizes(8)), "multiplier": (1, (1, 4)), "name_regions": (False, None),
+    "free_background": (True, None),
     "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), "live": (False, None),
     "live_steps": (LIVE_STEPS, (4, 20)), **widgets.BRUSH_RULES})
 
@@ -49,18 +51,24 @@ with left:
     canvas_slot = st.container()
     below = st.container()
 with below:
-    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
     c1.button("Clear", icon=":material/delete:", on_click=widgets.clear_canvas, args=(PAGE,),
               help="Remove all strokes and the background image. Undo / redo: hover over the canvas.")
     c2.selectbox("Size", list(sizes), key=f"{PAGE}.size", persist_state="session",
                  format_func=lambda name: f"{name} · {sizes[name][0]}×{sizes[name][1]}")
+    c3.slider("Panorama width", 1, 4, key=f"{PAGE}.multiplier", persist_state="session", format="×%d",
+              help="×1: a normal picture. ×2 or more: your scribble stretched into a wide panorama, made in "
+                   "windows of the model's size (MultiDiffusion) so nothing repeats or warps.")
     widgets.upload_background(PAGE)
 width, height = sizes.get(ss[f"{PAGE}.size"], sizes["Square"])
 with canvas_slot:
     cw, ch = canvas_size(width, height)
     scribble, drawing = widgets.drawing_canvas(PAGE, width=cw, height=ch, tool=tool, stroke_width=brush,
                                                color=color, fill=fill)
-    st.caption("Hover over the canvas for undo, redo, edit and reset.")
+    multiplier = int(ss[f"{PAGE}.multiplier"])
+    st.caption("Hover over the canvas for undo, redo, edit and reset."
+               + (f" Output: {width * multiplier}×{height} px, the drawing stretched ×{multiplier}."
+                  if multiplier > 1 else ""))
 
 with left:
     st.toggle("Name the regions", key=f"{PAGE}.name_regions", persist_state="session",
@@ -111,7 +119,8 @@ with right:
         prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"], steps=int(ss[f"{PAGE}.steps"]),
         guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
         fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
-        width=width, height=height, region_words=region_words, region_prompts=region_prompts,
+        width=width, height=height, width_multiplier=multiplier, region_words=region_words,
+        region_prompts=region_prompts,
         free_background=bool(ss[f"{PAGE}.free_background"]), scheduler=shared.recommended().scheduler,
         image_prompt=image_prompt)
     if shared.live_toggle(PAGE):

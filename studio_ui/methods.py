@@ -84,8 +84,9 @@ class ScribbleSettings:
     fidelity: float = 0.5  # 0: follow the prompt freely, 1: stay close to the scribble (0.5: paper defaults)
     num_images: int = 1
     seed: int = 0
-    width: int = 512
+    width: int = 512  # of the drawn canvas; the output is width_multiplier times wider
     height: int = 512
+    width_multiplier: int = 1  # > 1: a panorama that many times wider (the scribble stretched to it)
     region_words: dict[str, str] = field(default_factory=dict)  # colour hex -> words of the prompt
     region_prompts: dict[str, str] = field(default_factory=dict)  # colour hex -> the colour's own prompt
     free_background: bool = True  # unpainted (white) canvas is left to the model, not kept white
@@ -112,15 +113,26 @@ def strokes_image(scribble: Image.Image, free_background: bool) -> Image.Image:
 
 
 def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
-    """The request for the Scribble page; ``scribble=None`` (blank canvas) is text-to-image."""
+    """The request for the Scribble page; ``scribble=None`` (blank canvas) is text-to-image.
+    A width multiplier > 1 makes a panorama: the scribble is stretched to the wide canvas,
+    which is denoised in MultiDiffusion's windows of the model's size."""
     if not s.prompt.strip():
         raise StudioError("Type a prompt first: describe the picture you want (e.g. 'a lighthouse at dusk').")
-    common = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, width=s.width, height=s.height, steps=s.steps,
+    multiplier = max(1, int(s.width_multiplier))
+    width = s.width * multiplier
+    common = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, width=width, height=s.height, steps=s.steps,
                   guidance_scale=s.guidance_scale, seed=s.seed, num_images=s.num_images)
     if s.scheduler is not None:
         common["scheduler"] = s.scheduler
     if scribble is None:
+        if multiplier > 1:
+            return with_image_prompts(MultiDiffusionRequest(**common, kind="panorama"), s.image_prompt)
         return with_image_prompts(GenerationRequest(**common), s.image_prompt)
+    if multiplier > 1:
+        if s.region_words:
+            raise StudioError("Words of the prompt do not work on a panorama yet: give the colours their own "
+                              "prompts instead, or set the panorama width to ×1.")
+        scribble = scribble.convert("RGB").resize((width, s.height), Image.NEAREST)
     method, fast = STROKE_METHODS[s.method]
     regions = ()
     if s.region_prompts:  # the scribble is also the region map (read as the CLI reads one)
@@ -129,7 +141,7 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
     request = stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
                              fidelity=s.fidelity, words=dict(s.region_words), fast=fast, regions=regions,
                              renderer="auto", region_attention=s.region_attention or None,
-                             **{k: v for k, v in common.items() if k != "prompt"})
+                             panorama=multiplier > 1, **{k: v for k, v in common.items() if k != "prompt"})
     return with_image_prompts(request, s.image_prompt)
 
 

@@ -483,6 +483,32 @@ def test_scribble_colours_can_carry_their_own_prompts(studio: Path) -> None:
     assert any("do not combine" in e.value for e in at.error)  # one clear line, nothing queued
 
 
+def test_a_wide_scribble_canvas_makes_a_scribble_guided_panorama(studio: Path) -> None:
+    at = open_page("scribble", **{"scribble.steps": 3, "seed": 5, "scribble.method": "GradOP+ fast"})
+    draw(at, "scribble", DRAWING)
+    at.text_area(key="scribble.prompt").set_value("a watercolor painting of a field by day")
+    at.slider(key="scribble.multiplier").set_value(3).run()
+    assert any("192×64" in c.value for c in at.caption)
+    at.toggle(key="scribble.name_regions").set_value(True).run()
+    at.session_state["scribble.rows"] = {"#e53935": {"words": "", "prompt": "a red sun"}}
+    at.session_state["scribble.rows_rev"] = 1
+    at.run()
+    at.button(key="scribble.generate").click().run()
+    wait_for_job(at, "scribble")
+    assert not at.error, [e.value for e in at.error]
+    (item_id,) = at.session_state["scribble.results"]
+    meta = json.loads((studio / f"{item_id}.json").read_text())
+    assert meta["size"] == [192, 64] and meta["recipe"]["request"]["panorama"] is True
+    assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a red sun"]
+    assert meta["ui"]["settings"]["multiplier"] == 3
+
+    at.session_state["scribble.rows"] = {"#e53935": {"words": "field", "prompt": ""}}  # words: one clear line
+    at.session_state["scribble.rows_rev"] = 2
+    at.run()
+    at.button(key="scribble.generate").click().run()
+    assert any("do not work on a panorama yet" in e.value for e in at.error)
+
+
 def wait_for_live(at: AppTest, page: str, timeout: float = 60) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -571,7 +597,8 @@ def test_region_painter_can_keep_the_painted_colours(studio: Path) -> None:
 
 @pytest.mark.parametrize("page, bad", [
     ("regions", {"multiplier": 99, "mode": "evil", "steps": "abc", "tool": "laser", "fidelity": float("nan")}),
-    ("scribble", {"method": "magic", "variations": 0, "guidance": True, "size": "Huge", "brush": 500}),
+    ("scribble", {"method": "magic", "variations": 0, "guidance": True, "size": "Huge", "brush": 500,
+                  "multiplier": 9}),
     ("panorama", {"preset": "8:1", "width": 10**6, "shifted": "yes", "variations": 2.5}),
 ])
 def test_settings_a_widget_would_refuse_are_reset_with_one_message(studio: Path, page: str, bad: dict) -> None:

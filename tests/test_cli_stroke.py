@@ -130,3 +130,24 @@ def test_scribble_colours_with_their_own_prompts(tiny_model_dir: Path, files: di
     err = capsys.readouterr().err.strip()
     assert "Words and region prompts do not combine" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_scribble_guided_panorama_with_its_own_prompts(tiny_model_dir: Path, files: dict[str, Path],
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    table = tmp_path / "prompts.json"
+    table.write_text(json.dumps({"#a0a0a0": "a grey stone castle"}))
+    first, again = tmp_path / "wide.png", tmp_path / "again.png"
+    assert main(stroke(tiny_model_dir, files["whole"], first, "--prompts", str(table), "--width", "192",
+                       "--panorama")) == 0
+    with Image.open(first) as image:
+        assert image.size == (192, 64)
+    recipe = read_recipe(first)["request"]
+    assert recipe["panorama"] is True and recipe["width"] == 192
+    assert main(["replay", str(first), "--out", str(again), "--device", "cpu", "--quiet"]) == 0
+    with Image.open(first) as a, Image.open(again) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    capsys.readouterr()
+    assert run(stroke(tiny_model_dir, files["whole"], tmp_path / "x.png", "--words", str(files["words"]),
+                      "--width", "192", "--panorama")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Words do not work on panorama canvases yet" in err and len(err.splitlines()) == 1

@@ -388,3 +388,53 @@ def test_words_and_region_prompts_do_not_combine() -> None:
         StrokeRequest(prompt="a red sun", strokes=scribble(), regions=("a sun",))
     with pytest.raises(StudioError, match="over the limit of 1"):
         StrokeRequest(prompt="a red sun", strokes=scribble(), regions=top_and_bottom(), max_regions=1)
+
+
+# --- on a panorama canvas (MultiDiffusion's windows) --------------------------------------------------
+
+
+def test_a_scribble_guided_panorama_without_guidance_equals_the_panorama_alone(tiny_engine: Engine) -> None:
+    from core.panorama import MultiDiffusionRequest
+
+    alone = tiny_engine.run(MultiDiffusionRequest(prompt="a lake", kind="panorama", width=192, height=64, steps=6,
+                                                  seed=3, scheduler="ddim"))
+    composed = tiny_engine.run(StrokeRequest(prompt="a lake", strokes=scribble(192, 64), steps=6, seed=3,
+                                             iterative_steps=0, panorama=True))
+    assert torch.equal(composed.latents, alone.latents)
+    in_one_piece = tiny_engine.run(StrokeRequest(prompt="a lake", strokes=scribble(192, 64), steps=6, seed=3,
+                                                 iterative_steps=0))
+    assert not torch.equal(composed.latents, in_one_piece.latents)  # the windows did something
+
+
+def test_sdedit_on_a_panorama_canvas_equals_panorama_img2img(tiny_engine: Engine) -> None:
+    from core.panorama import MultiDiffusionRequest
+
+    strokes = scribble(192, 64)
+    alone = tiny_engine.run(MultiDiffusionRequest(prompt="a lake", kind="panorama", width=192, height=64, steps=6,
+                                                  seed=2, scheduler="ddim", init_image=strokes, strength=0.6))
+    composed = tiny_engine.run(StrokeRequest(prompt="a lake", strokes=strokes, steps=6, seed=2, method="sdedit",
+                                             strength=0.6, panorama=True))
+    assert torch.equal(composed.latents, alone.latents)
+
+
+def test_a_scribble_guided_panorama_follows_the_scribble_and_replays(tiny_engine: Engine, tmp_path) -> None:
+    from core.outputs import replay, save_result
+    from core.recipe import read_recipe
+
+    request = StrokeRequest(prompt="a lake", strokes=scribble(192, 64, partial=True), steps=6, grad_steps=3,
+                            seed=4, panorama=True, fast=True)
+    result = tiny_engine.run(request)
+    unguided = tiny_engine.run(dataclasses.replace(request, iterative_steps=0))
+    assert result.images[0].size == (192, 64) and result.losses
+    assert result.faithfulness[0] < unguided.faithfulness[0]
+    (path,) = save_result(result, tiny_engine.bundle, tmp_path / "panorama.png")
+    assert read_recipe(path)["request"]["panorama"] is True
+    image, _, _ = replay(path)
+    assert np.array_equal(np.asarray(image), np.asarray(result.images[0]))
+
+
+def test_words_do_not_work_on_a_panorama_canvas() -> None:
+    with pytest.raises(StudioError, match="Words do not work on panorama canvases yet"):
+        StrokeRequest(prompt="a red sun", strokes=scribble(), words={"#e53935": "sun"}, panorama=True)
+    with pytest.raises(StudioError, match="Panorama must be true or false"):
+        StrokeRequest(prompt="a red sun", strokes=scribble(), panorama="yes")
