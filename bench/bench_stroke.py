@@ -47,8 +47,8 @@ from core.latent_rgb import latent_rgb_map
 from core.requests import GenerationRequest
 from core.sampling import alpha_bar, denoise
 from core.schedulers import make_scheduler
-from core.gradop import sample_gradop
-from core.gradop_plus import sample_gradop_plus
+from core.gradop import GradOPConfig, sample_gradop
+from core.gradop_plus import GradOPPlusConfig, sample_gradop_plus
 from core.sdedit import flatten_scribble, sample_sdedit
 from core.stroke_guidance import StrokeRequest, faithfulness
 from core.stroke_loss import StrokeTarget, decoder_renderer, linear_renderer, painting_loss
@@ -224,13 +224,15 @@ def prior_study(engine: Engine, size: int, steps: int, seeds: int = 8) -> tuple[
     def plus(loss: Any, n: int = 3) -> float:
         noise, generators = fresh()
         s = scheduler()
-        return score(sample_gradop_plus(noise, s, prior_eps(s, power), loss, strength=0.8, iterative_steps=n,
-                                        grad_steps=12, lr=0.1, generators=generators)[0])
+        return score(sample_gradop_plus(noise, s, prior_eps(s, power), loss,
+                                        GradOPPlusConfig(start=0.8, iterative_steps=n, grad_steps=12, lr=0.1),
+                                        generators=generators)[0])
 
     def gradop(loss: Any) -> float:
         noise, generators = fresh()
-        return score(sample_gradop(noise, scheduler, prior_eps(scheduler(), power), loss, steps=steps, strength=0.5,
-                                   grad_steps=40, lr=0.1, gamma=0.001, generators=generators)[0])
+        return score(sample_gradop(noise, scheduler, prior_eps(scheduler(), power), loss,
+                                   GradOPConfig(t0=0.5, grad_steps=40, lr=0.1, gamma=0.001), steps=steps,
+                                   generators=generators)[0])
 
     table = {"text-to-image": text(), "SDEdit (strength 0.8)": sdedit(), "GradOP+ decoder": plus(decoder_loss),
              "GradOP+ fast": plus(fast_loss), "GradOP decoder (strength 0.5)": gradop(decoder_loss),

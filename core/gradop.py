@@ -13,14 +13,33 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from .requests import check_int, check_range
 from .sampling import EpsFn, ProgressCallback, denoise
 from .sdedit import sample_sdedit
 from .stroke_loss import GuidanceTrace, Loss, optimise_latents
+
+
+@dataclass(frozen=True)
+class GradOPConfig:
+    """GradOP's own settings. A request records them flat, as ``strength`` (= ``t0``),
+    ``grad_steps``, ``lr`` and ``gamma`` (:meth:`core.stroke_guidance.StrokeRequest.config`)."""
+
+    t0: float = 0.5  # stage 2 restarts from the first of the last int(steps * t0) timesteps (0 returns x* itself)
+    grad_steps: int = 40  # Adam steps on the objective L(x) + gamma * d(x, x_text)
+    lr: float = 0.1  # Adam learning rate
+    gamma: float = 0.001  # weight of d(x, x_text) (L is a pixel MSE, d a latent MSE)
+
+    def __post_init__(self) -> None:
+        check_range("Strength", self.t0, 0, 1)
+        check_int("Gradient steps", self.grad_steps, 0, 1000)
+        check_range("Learning rate", self.lr, 1e-6, 10)
+        check_range("Gamma", self.gamma, 0, 1e4)
 
 
 def _staged(callback: ProgressCallback | None, stage: str) -> ProgressCallback | None:
@@ -29,9 +48,8 @@ def _staged(callback: ProgressCallback | None, stage: str) -> ProgressCallback |
     return lambda event: callback(dataclasses.replace(event, stage=stage))
 
 
-def sample_gradop(noise: Tensor, new_scheduler: Callable[[], Any], eps_fn: EpsFn, loss: Loss, *, steps: int,
-                  strength: float, grad_steps: int, lr: float, gamma: float, generators: Sequence[torch.Generator],
-                  refine: tuple[Loss, int] | None = None, extra_step_kwargs: Callable[[Any], dict] | None = None,
+def sample_gradop(noise: Tensor, new_scheduler: Callable[[], Any], eps_fn: EpsFn, loss: Loss, config: GradOPConfig, *,
+                  steps: int, generators: Sequence[torch.Generator], refine: tuple[Loss, int] | None = None, extra_step_kwargs: Callable[[Any], dict] | None = None,
                   callback: ProgressCallback | None = None,
                   preview: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, GuidanceTrace]:
     """GradOP, the paper's two stages (solve the objective, then forward diffusion to t0 and back).
@@ -39,7 +57,7 @@ def sample_gradop(noise: Tensor, new_scheduler: Callable[[], Any], eps_fn: EpsFn
     1. x_text = text-only sample from ``noise``; x* = argmin_x L(x) + gamma * d(x, x_text), by
        ``grad_steps`` Adam steps from x_text (d = mean squared latent distance).
     2. x_{t0} = sqrt(abar_t0) x* + sqrt(1 - abar_t0) n (fresh n), then denoise from t0, where
-       t0 is the first of the last int(steps * strength) timesteps (SDEdit's convention).
+       t0 is the first of the last int(steps * config.t0) timesteps (SDEdit's convention).
     ``new_scheduler()`` returns a fresh scheduler with its ``steps`` timesteps set (one per stage).
     """
     first = new_scheduler()
@@ -48,13 +66,13 @@ def sample_gradop(noise: Tensor, new_scheduler: Callable[[], Any], eps_fn: EpsFn
                      callback=_staged(callback, "text"), preview=preview)
     trace = GuidanceTrace()
     start = time.perf_counter()
-    x_star, history = optimise_latents(x_text, loss, grad_steps, lr, anchor=x_text, gamma=gamma)
+    x_star, history = optimise_latents(x_text, loss, config.grad_steps, config.lr, anchor=x_text, gamma=config.gamma)
     if refine is not None and refine[1] > 0:
-        x_star, more = optimise_latents(x_star, refine[0], refine[1], lr, anchor=x_text, gamma=gamma)
+        x_star, more = optimise_latents(x_star, refine[0], refine[1], config.lr, anchor=x_text, gamma=config.gamma)
         history += more
     trace.losses.append(history)
     trace.seconds = time.perf_counter() - start
     second = new_scheduler()
-    latents = sample_sdedit(x_star, second, eps_fn, steps=steps, strength=strength, generators=generators,
+    latents = sample_sdedit(x_star, second, eps_fn, steps=steps, strength=config.t0, generators=generators,
                             extra_step_kwargs=kwargs(second), callback=_staged(callback, "denoise"), preview=preview)
     return latents, trace

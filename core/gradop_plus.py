@@ -21,6 +21,7 @@ in :mod:`core.stroke_loss`.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,11 +31,35 @@ from torch import Tensor
 
 from .errors import CancelledError, StudioError
 from .pipeline import Guidance
+from .requests import check_int, check_range
 from .sampling import EpsFn, ProgressCallback, ProgressEvent, StepHook, alpha_bar, denoise, draw_noise
 from .stroke_loss import GuidanceTrace, Loss, optimise_latents
 
 SINGLE_STEP = (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, LCMScheduler)
 SIGMA_SPACE = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)  # samples are x0 + sigma * eps
+
+
+@dataclass(frozen=True)
+class GradOPPlusConfig:
+    """GradOP+'s own settings (the reference's defaults). A request records them flat, as
+    ``strength`` (= ``start``), ``iterative_steps``, ``grad_steps`` and ``lr``
+    (:meth:`core.stroke_guidance.StrokeRequest.config`)."""
+
+    start: float = 0.8  # where guidance starts: after step steps - int(steps * start) (the reference's
+    # "strength"; step 10 of 50). 1 guides from the first step; 0 never guides
+    iterative_steps: int = 3  # guided steps N (clipped to the schedule; the last step is never guided)
+    grad_steps: int = 12  # Adam steps on the painting loss per guided step
+    lr: float = 0.1  # Adam learning rate
+
+    def __post_init__(self) -> None:
+        check_range("Strength", self.start, 0, 1)
+        check_int("Iterative steps", self.iterative_steps, 0, 100)
+        check_int("Gradient steps", self.grad_steps, 0, 1000)
+        check_range("Learning rate", self.lr, 1e-6, 10)
+
+    def window(self, num_steps: int) -> range:
+        """The indices of the guided steps in a schedule of ``num_steps``."""
+        return guided_steps(num_steps, self.start, self.iterative_steps)
 
 
 def guided_steps(num_steps: int, strength: float, iterative_steps: int) -> range:
@@ -99,25 +124,25 @@ def gradop_plus_hook(scheduler: Any, timesteps: Tensor, loss: Loss, window: rang
     return hook
 
 
-def gradop_plus_guidance(scheduler: Any, loss: Loss, *, strength: float, iterative_steps: int, grad_steps: int,
-                         lr: float, generators: Sequence[torch.Generator], mask: Tensor | None = None,
+def gradop_plus_guidance(scheduler: Any, loss: Loss, config: GradOPPlusConfig, *,
+                         generators: Sequence[torch.Generator], mask: Tensor | None = None,
                          refine: tuple[Loss, int] | None = None, trace: GuidanceTrace | None = None,
                          callback: ProgressCallback | None = None) -> Guidance:
     """GradOP+ as a guidance of the one loop (:mod:`core.pipeline`): its step hook over the
     scheduler's timesteps (none when no step is guided). Refuses multistep schedulers."""
     check_scheduler(scheduler)
     timesteps = scheduler.timesteps
-    window = guided_steps(len(timesteps), strength, iterative_steps)
-    if not len(window) or grad_steps <= 0:
+    window = config.window(len(timesteps))
+    if not len(window) or config.grad_steps <= 0:
         return Guidance()
-    return Guidance(hook=gradop_plus_hook(scheduler, timesteps, loss, window, grad_steps, lr, generators, mask,
-                                          trace, refine, callback))
+    return Guidance(hook=gradop_plus_hook(scheduler, timesteps, loss, window, config.grad_steps, config.lr,
+                                          generators, mask, trace, refine, callback))
 
 
-def sample_gradop_plus(noise: Tensor, scheduler: Any, eps_fn: EpsFn, loss: Loss, *, strength: float,
-                       iterative_steps: int, grad_steps: int, lr: float, generators: Sequence[torch.Generator],
-                       mask: Tensor | None = None, refine: tuple[Loss, int] | None = None,
-                       extra_step_kwargs: dict[str, Any] | None = None, callback: ProgressCallback | None = None,
+def sample_gradop_plus(noise: Tensor, scheduler: Any, eps_fn: EpsFn, loss: Loss, config: GradOPPlusConfig, *,
+                       generators: Sequence[torch.Generator], mask: Tensor | None = None,
+                       refine: tuple[Loss, int] | None = None, extra_step_kwargs: dict[str, Any] | None = None,
+                       callback: ProgressCallback | None = None,
                        preview: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, GuidanceTrace]:
     """GradOP+ from pure ``noise`` (N, C, h, w) with a scheduler whose timesteps are set.
 
@@ -125,8 +150,7 @@ def sample_gradop_plus(noise: Tensor, scheduler: Any, eps_fn: EpsFn, loss: Loss,
     ones). With no guided step this is exactly the text-only sample.
     """
     trace = GuidanceTrace()
-    guidance = gradop_plus_guidance(scheduler, loss, strength=strength, iterative_steps=iterative_steps,
-                                    grad_steps=grad_steps, lr=lr, generators=generators, mask=mask, refine=refine,
+    guidance = gradop_plus_guidance(scheduler, loss, config, generators=generators, mask=mask, refine=refine,
                                     trace=trace, callback=callback)
     latents = denoise(noise * scheduler.init_noise_sigma, scheduler, scheduler.timesteps, eps_fn,
                       extra_step_kwargs=extra_step_kwargs, step_hook=guidance.hook, callback=callback,

@@ -3,6 +3,7 @@ pixels composited on white, the canvas colour); the baseline the paper beats.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -10,8 +11,20 @@ from PIL import Image
 from torch import Tensor
 
 from .pipeline import img2img_timesteps
+from .requests import check_range
 from .inputs import alpha_channel
 from .sampling import EpsFn, ProgressCallback, denoise, draw_noise
+
+
+@dataclass(frozen=True)
+class SDEditConfig:
+    """SDEdit's own setting. A request records it flat, as ``strength``
+    (:meth:`core.stroke_guidance.StrokeRequest.config`)."""
+
+    strength: float = 0.8  # img2img: the last int(steps * strength) steps re-run from the noised scribble
+
+    def __post_init__(self) -> None:
+        check_range("Strength", self.strength, 0, 1)
 
 
 def sample_sdedit(init: Tensor, scheduler: Any, eps_fn: EpsFn, *, steps: int, strength: float,

@@ -40,8 +40,8 @@ from .attention_control import SemanticControl, colour_mask, semantic_attention,
 from .colors import parse_color
 from .engine import Engine
 from .errors import StudioError
-from .gradop import sample_gradop
-from .gradop_plus import check_scheduler, gradop_plus_guidance, guided_steps
+from .gradop import GradOPConfig, sample_gradop
+from .gradop_plus import GradOPPlusConfig, check_scheduler, gradop_plus_guidance
 from .image_prompt import image_prompt_guidances, region_image_prompts
 from .inputs import alpha_channel
 from .pipeline import GenerationResult, Guidance, Run, prepare
@@ -54,18 +54,30 @@ from .requests import (GenerationRequest, Sampling, check_flag, check_image, che
 from .sampling import EpsFn, ProgressCallback
 from .schedulers import make_scheduler
 from .model_settings import read_recommended
-from .sdedit import flatten_scribble
+from .sdedit import SDEditConfig, flatten_scribble
 from .stroke_loss import (GuidanceTrace, Loss, StrokeTarget, decoder_renderer, linear_renderer, painting_loss,
                           scribble_mse)
 from .tiny_decoder import tiny_decoder, tiny_renderer
 from .vae_codec import require_multiple_of
 
 METHODS = ("gradop+", "gradop", "sdedit")
-METHOD_DEFAULTS: dict[str, dict[str, float | int]] = {  # per method, for fields left as None
-    "gradop+": {"strength": 0.8, "grad_steps": 12},
-    "gradop": {"strength": 0.5, "grad_steps": 40},
-    "sdedit": {"strength": 0.8, "grad_steps": 0},
+MethodConfig = GradOPPlusConfig | GradOPConfig | SDEditConfig  # each method's own settings, in its own file
+METHOD_DEFAULTS: dict[str, dict[str, float | int]] = {  # per method, for the flat fields left as None
+    "gradop+": {"strength": GradOPPlusConfig.start, "grad_steps": GradOPPlusConfig.grad_steps},
+    "gradop": {"strength": GradOPConfig.t0, "grad_steps": GradOPConfig.grad_steps},
+    "sdedit": {"strength": SDEditConfig.strength, "grad_steps": 0},
 }
+
+
+def method_config(method: str, request: StrokeRequest) -> MethodConfig:
+    """``method``'s config from a request's flat fields (how recipes record them): ``strength``
+    is GradOP+'s ``start``, GradOP's ``t0`` and SDEdit's ``strength``."""
+    if method == "gradop+":
+        return GradOPPlusConfig(start=request.strength, iterative_steps=request.iterative_steps,
+                                grad_steps=request.grad_steps, lr=request.lr)
+    if method == "gradop":
+        return GradOPConfig(t0=request.strength, grad_steps=request.grad_steps, lr=request.lr, gamma=request.gamma)
+    return SDEditConfig(strength=request.strength)
 
 # --- the request -----------------------------------------------------------------------------------
 
@@ -75,17 +87,21 @@ RENDERERS = ("linear", "tiny", "auto")  # fast mode's renderers (see StrokeReque
 @dataclass(frozen=True, kw_only=True)
 class StrokeRequest(Sampling):
     """Scribble + prompt -> image by GradOP+, GradOP or SDEdit (defaults: the GradOP+ reference).
-    Width and height default to the scribble's (multiples of 8)."""
+    Width and height default to the scribble's (multiples of 8). The method's own settings are
+    recorded flat (recipes of every version replay); :attr:`config` gives them as the method's
+    config dataclass, named for what they mean there (:class:`core.gradop_plus.GradOPPlusConfig`,
+    :class:`core.gradop.GradOPConfig`, :class:`core.sdedit.SDEditConfig`), which also checks them."""
 
     strokes: Image.Image = field(compare=False)  # RGB, or RGBA whose transparent pixels do not constrain
     method: str = "gradop+"  # gradop+, gradop or sdedit
     steps: int = 50  # scheduler steps of the full schedule
     scheduler: str = "ddim"  # gradop+ needs a single-step one: ddim, euler, euler_a, lcm (or a DDPM default)
-    strength: float | None = None  # gradop+: start step = steps - int(steps*strength); gradop: t0; sdedit: img2img
-    iterative_steps: int = 3  # gradop+: guided steps N (clipped to the schedule, never the last step)
-    grad_steps: int | None = None  # Adam steps per guided step (gradop+: 12) or for the objective (gradop: 40)
-    lr: float = 0.1  # Adam learning rate
-    gamma: float = 0.001  # gradop: weight of d(x, x_text) in the objective (L is a pixel MSE, d a latent MSE)
+    # the methods' own settings, flat (see .config; None: the method's default):
+    strength: float | None = None  # GradOPPlusConfig.start, GradOPConfig.t0 or SDEditConfig.strength
+    iterative_steps: int = 3  # GradOPPlusConfig.iterative_steps
+    grad_steps: int | None = None  # GradOPPlusConfig.grad_steps (12) or GradOPConfig.grad_steps (40)
+    lr: float = 0.1  # GradOPPlusConfig.lr, GradOPConfig.lr
+    gamma: float = 0.001  # GradOPConfig.gamma
     blur_sigma: float = 7.0  # painting function f: Gaussian sigma in pixels at 512 px (scaled with size)
     blur_kernel: int = 35  # its kernel size at 512 px (odd)
     fast: bool = False  # loss through the fitted linear latent -> RGB map at latent resolution
@@ -134,11 +150,8 @@ class StrokeRequest(Sampling):
     def _check_values(self) -> None:
         w, h = self.size
         check_pixels(w, h, self.max_pixels)
-        check_range("Strength", self.strength, 0, 1)
-        check_int("Iterative steps", self.iterative_steps, 0, 100)
-        check_int("Gradient steps", self.grad_steps, 0, 1000)
-        check_range("Learning rate", self.lr, 1e-6, 10)
-        check_range("Gamma", self.gamma, 0, 1e4)
+        for method in METHODS:  # every flat field is recorded, so each is checked by the config that owns it
+            method_config(method, self)
         check_range("Blur sigma", self.blur_sigma, 0, 200)
         check_int("Blur kernel", self.blur_kernel, 1, 255)
         if self.blur_kernel % 2 == 0:
@@ -193,6 +206,11 @@ class StrokeRequest(Sampling):
     @property
     def kind(self) -> str:
         return "stroke"
+
+    @property
+    def config(self) -> MethodConfig:
+        """The chosen method's own settings (its config dataclass)."""
+        return method_config(self.method, self)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -376,19 +394,16 @@ def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallbac
         for image in images:  # GradOP samples with its own loops: the image prompts wrap its eps_fn
             eps_fn = image.wrap(eps_fn)
         with words.context():
-            latents, trace = sample_gradop(run.noise, run.new_scheduler, eps_fn, loss, steps=request.steps,
-                                           strength=request.strength, grad_steps=request.grad_steps, lr=request.lr,
-                                           gamma=request.gamma, generators=run.generators, refine=refine,
+            latents, trace = sample_gradop(run.noise, run.new_scheduler, eps_fn, loss, request.config,
+                                           steps=request.steps, generators=run.generators, refine=refine,
                                            extra_step_kwargs=run.step_kwargs, callback=callback,
                                            preview=engine.preview)
     else:
         mask = None
         if target.partial:
             mask = target.pooled(engine.bundle.vae_scale_factor).mask.to(run.noise.dtype)
-        guided = gradop_plus_guidance(run.scheduler, loss, strength=request.strength,
-                                      iterative_steps=request.iterative_steps, grad_steps=request.grad_steps,
-                                      lr=request.lr, generators=run.generators, mask=mask, refine=refine, trace=trace,
-                                      callback=callback)
+        guided = gradop_plus_guidance(run.scheduler, loss, request.config, generators=run.generators, mask=mask,
+                                      refine=refine, trace=trace, callback=callback)
         latents = run.loop(run.noise * run.scheduler.init_noise_sigma, run.scheduler.timesteps, eps_fn,
                            [words, guided, *images], callback)
     run.lap("denoise")
@@ -404,7 +419,7 @@ def _window_warning(request: StrokeRequest) -> list[str]:
     """A warning when GradOP+'s guided steps do not all fit before the last step."""
     if request.method != "gradop+":
         return []
-    window = guided_steps(request.steps, request.strength, request.iterative_steps)
+    window = request.config.window(request.steps)
     if len(window) == request.iterative_steps:
         return []
     return [f"Only {len(window)} of {request.iterative_steps} iterative steps fit between the guidance start "
@@ -417,13 +432,13 @@ def _run_sdedit(engine: Engine, request: StrokeRequest, callback: ProgressCallba
     (through MultiDiffusion with region prompts or on a panorama canvas)."""
     if request.fused:
         result = engine.run(request.fusion_request(init_image=flatten_scribble(request.strokes),
-                                                   strength=request.strength), callback)
+                                                   strength=request.config.strength), callback)
         return StrokeResult(images=result.images, seeds=result.seeds, latents=result.latents, request=request,
                             timings=result.timings, warnings=result.warnings,
                             faithfulness=faithfulness(result.images, request))
     width, height = request.size
     plain = GenerationRequest(**{**request.sampling(), "width": width, "height": height},
-                              init_image=flatten_scribble(request.strokes), strength=request.strength)
+                              init_image=flatten_scribble(request.strokes), strength=request.config.strength)
     bundle = engine.bundle
     cond = lambda: PromptEncoder(bundle.tokenizer, bundle.text_encoder, bundle.device)(request.prompt)  # noqa: E731
     with semantic_context(engine, request, cond, make_scheduler(request.scheduler, bundle.scheduler_config)):

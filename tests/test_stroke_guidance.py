@@ -21,9 +21,9 @@ from core.requests import GenerationRequest
 from core.sampling import alpha_bar, denoise
 from core.blur import blur_matrix
 from core.blur import gaussian_blur
-from core.gradop import sample_gradop
-from core.gradop_plus import check_scheduler, guided_steps, sample_gradop_plus
-from core.sdedit import sample_sdedit
+from core.gradop import GradOPConfig, sample_gradop
+from core.gradop_plus import GradOPPlusConfig, check_scheduler, guided_steps, sample_gradop_plus
+from core.sdedit import SDEditConfig, sample_sdedit
 from core.stroke_guidance import StrokeRequest, StrokeResult, fidelity_parameters, stroke_request
 from core.stroke_loss import StrokeTarget, blur_at, masked_mse, painting_loss
 
@@ -83,10 +83,9 @@ def gradop_plus(width: int = 64, height: int = 64, partial: bool = False, schedu
     x, generators = noise(width, height)
     scheduler = scheduler_cls.from_config(DDIMScheduler(**SD_SCHEDULE).config)
     scheduler.set_timesteps(50)
-    params = dict(strength=0.8, iterative_steps=3, grad_steps=12, lr=0.1) | kw
     mask = target.pooled(8).mask if partial else None
-    latents, trace = sample_gradop_plus(x, scheduler, gaussian_eps(scheduler), loss, generators=generators, mask=mask,
-                                        **params)
+    latents, trace = sample_gradop_plus(x, scheduler, gaussian_eps(scheduler), loss, GradOPPlusConfig(**kw),
+                                        generators=generators, mask=mask)
     return latents, trace, loss
 
 
@@ -148,7 +147,7 @@ def test_guidance_window_matches_the_reference() -> None:
 
 def test_zero_iterative_steps_equals_text_only_bit_exactly() -> None:
     plain = text_only()
-    for kw in (dict(iterative_steps=0), dict(grad_steps=0), dict(strength=0.0)):
+    for kw in (dict(iterative_steps=0), dict(grad_steps=0), dict(start=0.0)):
         latents, trace, _ = gradop_plus(**kw)
         assert torch.equal(latents, plain) and trace.losses == []
 
@@ -206,18 +205,18 @@ def test_gradop_plus_is_sound_with_euler_and_refuses_multistep_solvers() -> None
 def gradop(**kw) -> torch.Tensor:
     _, _, loss = setup()
     x, generators = noise(64, 64)
-    params = dict(steps=50, strength=0.6, grad_steps=40, lr=0.1, gamma=0.02) | kw
-    return sample_gradop(x, ddim, gaussian_eps(ddim()), loss, generators=generators, **params)
+    config = GradOPConfig(**(dict(t0=0.6, gamma=0.02) | kw))
+    return sample_gradop(x, ddim, gaussian_eps(ddim()), loss, config, steps=50, generators=generators)
 
 
 def test_gradop_two_stages_trade_faithfulness_for_the_prior() -> None:
     _, _, loss = setup()
     plain = float(loss(text_only()).mean())
-    by_strength = [float(loss(gradop(strength=s)[0]).mean()) for s in (0.2, 0.6, 1.0)]
+    by_strength = [float(loss(gradop(t0=s)[0]).mean()) for s in (0.2, 0.6, 1.0)]
     by_gamma = [float(loss(gradop(gamma=g)[0]).mean()) for g in (0.0, 0.1, 1.0)]
     assert by_strength[0] < by_strength[1] < by_strength[2] < plain, by_strength
     assert by_gamma[0] < by_gamma[1] < by_gamma[2], by_gamma
-    latents, trace = gradop(strength=0.0)  # no stage 2: x* itself
+    latents, trace = gradop(t0=0.0)  # no stage 2: x* itself
     assert len(trace.losses) == 1 and trace.losses[0][-1] < trace.losses[0][0]
 
 
@@ -243,6 +242,27 @@ def test_request_defaults_follow_the_method() -> None:
     assert StrokeRequest(prompt="p", strokes=strokes, method="gradop").grad_steps == 40
     assert StrokeRequest(prompt="p", strokes=strokes).size == (64, 64)
     assert StrokeRequest(prompt="p", strokes=strokes, width=96).size == (96, 64)
+
+
+def test_each_method_has_its_own_config_that_names_what_strength_means() -> None:
+    strokes = scribble()
+    assert StrokeRequest(prompt="p", strokes=strokes).config == GradOPPlusConfig()  # defaults in one place
+    assert StrokeRequest(prompt="p", strokes=strokes, method="gradop").config == GradOPConfig()
+    assert StrokeRequest(prompt="p", strokes=strokes, method="sdedit").config == SDEditConfig()
+    assert StrokeRequest(prompt="p", strokes=strokes, strength=0.7, iterative_steps=4).config == \
+        GradOPPlusConfig(start=0.7, iterative_steps=4)
+    assert StrokeRequest(prompt="p", strokes=strokes, method="gradop", strength=0.3, gamma=0.01).config == \
+        GradOPConfig(t0=0.3, gamma=0.01)
+    assert StrokeRequest(prompt="p", strokes=strokes, method="sdedit", strength=0.6).config == SDEditConfig(0.6)
+    assert GradOPPlusConfig().window(50) == guided_steps(50, 0.8, 3) == range(10, 13)
+    for make, message in ((lambda: GradOPPlusConfig(iterative_steps=-1), "Iterative steps"),
+                          (lambda: GradOPPlusConfig(lr=0.0), "Learning rate"),
+                          (lambda: GradOPConfig(gamma=-1.0), "Gamma"), (lambda: GradOPConfig(t0=2), "Strength"),
+                          (lambda: SDEditConfig(strength=float("nan")), "Strength")):
+        with pytest.raises(StudioError, match=message):
+            make()
+    with pytest.raises(StudioError, match="Gamma"):  # a field the method does not use is still checked
+        StrokeRequest(prompt="p", strokes=strokes, gamma=-1.0)
 
 
 def test_fidelity_maps_onto_each_method() -> None:
