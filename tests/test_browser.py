@@ -321,6 +321,29 @@ def test_scribble_generate_gallery_and_reopen(page, server) -> None:
     shot(page, "scribble-reopened")
 
 
+def test_a_wide_scribble_makes_a_panorama_in_the_browser(page, server) -> None:
+    url, outputs = server
+    open_app(page, url, "")
+    page.locator("canvas.dc-canvas").first.wait_for()
+    type_into(page, "Prompt", PROMPT)
+    pick(page, "scribble", "Rect", "green")
+    drag(page, [(20, 290), (430, 430)])
+    pick(page, "scribble", "Circle", "red")
+    drag(page, [(280, 80), (360, 80)])
+    visible(page, ".st-key-scribble-method").click()
+    page.get_by_role("option", name="GradOP+ fast", exact=True).click()
+    wait_idle(page)
+    set_slider(page, "scribble-multiplier", 2)  # x3
+    page.get_by_text(f"Output: {3 * NATIVE}×{NATIVE} px", exact=False).wait_for()
+    open_expander(page, "More settings")
+    set_slider(page, "scribble-steps", 9)  # 10 steps
+    generate_and_wait(page, "scribble")
+    shot(page, "scribble-panorama")
+    meta = newest_sidecar(outputs)
+    assert meta["kind"] == "stroke" and meta["size"] == [3 * NATIVE, NATIVE]
+    assert meta["recipe"]["request"]["panorama"] is True and meta["ui"]["settings"]["multiplier"] == 3
+
+
 def check_json_renderer_matches_the_browser(meta: dict) -> None:
     """The app's fallback renderer of Fabric JSON agrees with the browser's own raster."""
     from studio_ui.canvas import compose, render_drawing, unb64
