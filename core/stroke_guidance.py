@@ -28,6 +28,7 @@ reference defaults): see :func:`fidelity_parameters`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
@@ -218,9 +219,15 @@ class StrokeRequest(Sampling):
         return self.width or self.strokes.width, self.height or self.strokes.height
 
     @property
-    def blur(self) -> tuple[float, int]:
-        """The painting blur (sigma, kernel) at 512 px (core.stroke_loss scales it to the size)."""
-        return self.blur_sigma, self.blur_kernel
+    def blur(self) -> tuple[float, float]:
+        """The painting blur (sigma, kernel) at 512 px (core.stroke_loss scales it by sqrt(W H) / 512).
+        On a panorama canvas it is a square picture's of the canvas's shorter side, so that
+        stretching a drawing wider does not blur it more."""
+        if not self.panorama:
+            return self.blur_sigma, self.blur_kernel
+        width, height = self.size
+        factor = math.sqrt(min(width, height) / max(width, height))
+        return self.blur_sigma * factor, self.blur_kernel * factor
 
 
 def fidelity_parameters(method: str, fidelity: float) -> dict[str, Any]:

@@ -453,6 +453,13 @@ def test_a_scribble_guided_panorama_follows_the_scribble_and_replays(tiny_engine
     assert np.array_equal(np.asarray(image), np.asarray(result.images[0]))
 
 
+def test_a_panorama_blurs_the_scribble_as_a_square_of_its_height_does() -> None:
+    wide = StrokeRequest(prompt="a lake", strokes=scribble(192, 64), panorama=True)
+    sigma, kernel = blur_at(*wide.blur, 192, 64)
+    assert sigma == pytest.approx(blur_at(7.0, 35, 64, 64)[0]) and kernel == blur_at(7.0, 35, 64, 64)[1]
+    assert StrokeRequest(prompt="a lake", strokes=scribble(192, 64)).blur == (7.0, 35)  # not a panorama: as before
+
+
 def test_words_do_not_work_on_a_panorama_canvas() -> None:
     with pytest.raises(StudioError, match="Words do not work on panorama canvases yet"):
         StrokeRequest(prompt="a red sun", strokes=scribble(), words={"#e53935": "sun"}, panorama=True)
