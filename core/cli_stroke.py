@@ -19,6 +19,7 @@ from PIL import Image
 from .cli import add_common, add_generation, image_guidance, load_engine, run_and_save
 from .errors import StudioError
 from .inputs import open_image, read_json_file
+from .panorama import WINDOW_MODES
 from .region_map import load_prompt_table, regions_from_map
 from .requests import DEFAULT_MAX_PIXELS, check_pixels, check_side, random_seed
 from .stroke_guidance import METHODS, RENDERERS, WORDS_EXAMPLE, stroke_request, word_pairs
@@ -61,6 +62,7 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
         refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
         region_attention=args.region_attention, renderer=args.renderer, panorama=args.panorama,
+        windows=args.windows,
         image_guidance=image_guidance(args, regions),
     )
     result = run_and_save(args, load_engine(args), request)
@@ -97,5 +99,8 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     p.add_argument("--panorama", action="store_true",
                    help="a wide canvas (--width several times the model's size): denoise it in MultiDiffusion's "
                         "windows of the model's native size, as a panorama, instead of in one piece")
+    p.add_argument("--windows", choices=WINDOW_MODES, default="sliding",
+                   help="--panorama or --prompts: sliding (MultiDiffusion's overlapping windows, exact) or shifted "
+                        "(SpotDiffusion's non-overlapping windows moved every step: faster on wide canvases)")
     add_common(p)
     commands["stroke"] = cmd_stroke

@@ -47,7 +47,7 @@ from .image_prompt import image_prompt_guidances, region_image_prompts
 from .inputs import alpha_channel
 from .pipeline import GenerationResult, Guidance, Run, prepare
 from .latent_rgb import latent_rgb_map
-from .panorama import MultiDiffusionRequest, bootstrap_for, fusion_eps_fn, fusion_setup, region_noise
+from .panorama import WINDOW_MODES, MultiDiffusionRequest, bootstrap_for, fusion_eps_fn, fusion_setup, region_noise
 from .prompts import PromptEncoder
 from .region_map import MAX_REGIONS, Region
 from .requests import (GenerationRequest, Sampling, check_flag, check_image, check_int, check_pixels, check_range,
@@ -119,6 +119,8 @@ class StrokeRequest(Sampling):
     region_attention: bool = False  # region prompts in one UNet pass (core.regional_attention), not fused
     panorama: bool = False  # a canvas wider (or taller) than the model's native size: MultiDiffusion's windows
     # of the native size (core.panorama), with or without region prompts, instead of one UNet call on it all
+    windows: str = "sliding"  # region prompts or panorama: "sliding" (MultiDiffusion's overlapping windows,
+    # exact) or "shifted" (SpotDiffusion's non-overlapping windows moved every step: faster on wide canvases)
     max_regions: int = limit_field(MAX_REGIONS)
 
     def __post_init__(self) -> None:
@@ -182,6 +184,12 @@ class StrokeRequest(Sampling):
         check_flag("Region attention", self.region_attention)
         check_int("Region limit", self.max_regions, 1, 1024)  # checked with or without regions: it is recorded
         check_flag("Panorama", self.panorama)
+        if self.windows not in WINDOW_MODES:
+            raise StudioError(f"Unknown windows {show(self.windows)}: use 'sliding' (MultiDiffusion, exact) or "
+                              "'shifted' (SpotDiffusion, faster).")
+        if self.windows != "sliding" and not self.fused:
+            raise StudioError("Shifted windows are for panorama canvases and region prompts: set panorama (or "
+                              "give the colours their own prompts), or leave windows sliding.")
         if self.regions and self.words:
             raise StudioError("Words and region prompts do not combine: give each colour either words of the "
                               "prompt or its own prompt, not both kinds in one request.")
@@ -200,7 +208,7 @@ class StrokeRequest(Sampling):
         """The MultiDiffusion half of a request with region prompts or on a panorama canvas."""
         width, height = self.size
         return MultiDiffusionRequest(**{**self.sampling(), "width": width, "height": height}, regions=self.regions,
-                                     kind="panorama" if self.panorama else "regions",
+                                     kind="panorama" if self.panorama else "regions", windows=self.windows,
                                      bootstrap=self.region_bootstrap, attention=self.region_attention,
                                      max_regions=self.max_regions, **extra)
 

@@ -22,13 +22,15 @@ shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidan
 shared.init_state({
     f"{PAGE}.prompt": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.method": methods[0],
     f"{PAGE}.variations": 1,
-    f"{PAGE}.size": "Square", f"{PAGE}.multiplier": 1, f"{PAGE}.name_regions": False,
+    f"{PAGE}.size": "Square", f"{PAGE}.multiplier": 1, f"{PAGE}.shifted": False,
+    f"{PAGE}.name_regions": False,
     f"{PAGE}.free_background": True,
     f"{PAGE}.live": False, f"{PAGE}.live_steps": LIVE_STEPS,
 })
 shared.keep_valid(PAGE, {
     "prompt": ("", None), "negative": ("", None), "method": (methods[0], methods), "variations": (1, (1, 8)),
-    "size": ("Square", widgets.aspect_sizes(8)), "multiplier": (1, (1, 4)), "name_regions": (False, None),
+    "size": ("Square", widgets.aspect_sizes(8)), "multiplier": (1, (1, 4)), "shifted": (False, None),
+    "name_regions": (False, None),
     "free_background": (True, None),
     "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), "live": (False, None),
     "live_steps": (LIVE_STEPS, (4, 20)), **widgets.BRUSH_RULES})
@@ -109,6 +111,10 @@ with right:
         st.slider("Steps", 1, 100, key=f"{PAGE}.steps", persist_state="session")
         st.slider("Guidance (CFG)", 1.0, 15.0, step=0.5, key=f"{PAGE}.guidance", persist_state="session",
                   help="How strongly the prompt is followed.")
+        if multiplier > 1:
+            st.toggle("Fast windows (SpotDiffusion)", key=f"{PAGE}.shifted", persist_state="session",
+                      help="Panoramas: non-overlapping windows that move at every step instead of overlapping "
+                           "ones; several times faster on wide canvases.")
         if ss[f"{PAGE}.live"]:
             st.slider("Live preview steps", 4, 20, key=f"{PAGE}.live_steps", persist_state="session",
                       help="Fewer: quicker previews while you draw. Render full quality uses Steps.")
@@ -119,7 +125,8 @@ with right:
         prompt=ss[f"{PAGE}.prompt"], negative_prompt=ss[f"{PAGE}.negative"], steps=int(ss[f"{PAGE}.steps"]),
         guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
         fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
-        width=width, height=height, width_multiplier=multiplier, region_words=region_words,
+        width=width, height=height, width_multiplier=multiplier,
+        shifted=bool(ss[f"{PAGE}.shifted"]) and multiplier > 1, region_words=region_words,
         region_prompts=region_prompts,
         free_background=bool(ss[f"{PAGE}.free_background"]), scheduler=shared.recommended().scheduler,
         image_prompt=image_prompt)

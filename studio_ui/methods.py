@@ -87,6 +87,7 @@ class ScribbleSettings:
     width: int = 512  # of the drawn canvas; the output is width_multiplier times wider
     height: int = 512
     width_multiplier: int = 1  # > 1: a panorama that many times wider (the scribble stretched to it)
+    shifted: bool = False  # panoramas: SpotDiffusion's shifted non-overlapping windows (faster) instead of sliding
     region_words: dict[str, str] = field(default_factory=dict)  # colour hex -> words of the prompt
     region_prompts: dict[str, str] = field(default_factory=dict)  # colour hex -> the colour's own prompt
     free_background: bool = True  # unpainted (white) canvas is left to the model, not kept white
@@ -101,9 +102,9 @@ LIVE_STEPS = 6  # a live preview's default steps (the pages' "Live preview steps
 def live_scribble_settings(s: ScribbleSettings, steps: int = LIVE_STEPS) -> ScribbleSettings:
     """A live preview of ``s`` on the fast path: the same prompt, seed, size and fidelity (so
     only the drawing changes the picture), GradOP+ fast (SDEdit stays SDEdit), one image,
-    ``steps`` steps, own prompts per colour in one pass."""
+    ``steps`` steps, own prompts per colour in one pass, shifted windows for panoramas."""
     return replace(s, method="SDEdit" if s.method == "SDEdit" else "GradOP+ fast", steps=steps, num_images=1,
-                   region_attention=True)
+                   region_attention=True, shifted=s.width_multiplier > 1)
 
 
 def strokes_image(scribble: Image.Image, free_background: bool) -> Image.Image:
@@ -126,7 +127,9 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
         common["scheduler"] = s.scheduler
     if scribble is None:
         if multiplier > 1:
-            return with_image_prompts(MultiDiffusionRequest(**common, kind="panorama"), s.image_prompt)
+            return with_image_prompts(MultiDiffusionRequest(**common, kind="panorama",
+                                                            windows="shifted" if s.shifted else "sliding"),
+                                      s.image_prompt)
         return with_image_prompts(GenerationRequest(**common), s.image_prompt)
     if multiplier > 1:
         if s.region_words:
@@ -141,7 +144,8 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
     request = stroke_request(s.prompt, strokes_image(scribble, s.free_background), method=method,
                              fidelity=s.fidelity, words=dict(s.region_words), fast=fast, regions=regions,
                              renderer="auto", region_attention=s.region_attention or None,
-                             panorama=multiplier > 1, **{k: v for k, v in common.items() if k != "prompt"})
+                             panorama=multiplier > 1, windows="shifted" if s.shifted and multiplier > 1 else None,
+                             **{k: v for k, v in common.items() if k != "prompt"})
     return with_image_prompts(request, s.image_prompt)
 
 
@@ -256,6 +260,7 @@ def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
                           height=size[1], steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
                           num_images=s.num_images, regions=fusion.regions, region_attention=s.attention,
                           fast=s.fast or None, renderer="auto" if s.fast else None, scheduler=s.scheduler,
+                          windows=fusion.windows,
                           image_guidance=fusion.image_guidance)
 
 

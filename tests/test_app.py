@@ -253,7 +253,10 @@ def test_region_and_panorama_requests_from_settings() -> None:
     [region] = request.regions  # a colour that is not on the map is left out
     assert region.mask.size == (288, 64) and region.seed == 4 and region.negative_prompt == "blurry, dark"
     assert request.window == 8 and request.stride == 1
-    settings.width_multiplier, settings.circular = 1, False
+    settings.circular, settings.keep_colours, settings.shifted = False, True, True  # kept colours, fast windows
+    kept = region_request(settings, region_map)
+    assert kept.kind == "stroke" and kept.windows == "shifted" and (kept.width, kept.height) == (288, 64)
+    settings.width_multiplier, settings.keep_colours = 1, False
     assert region_request(settings, region_map).kind == "regions"
     with pytest.raises(StudioError, match="Type a prompt first"):
         panorama_request(RegionSettings("", [], width=128, height=64), None)
@@ -489,6 +492,7 @@ def test_a_wide_scribble_canvas_makes_a_scribble_guided_panorama(studio: Path) -
     at.text_area(key="scribble.prompt").set_value("a watercolor painting of a field by day")
     at.slider(key="scribble.multiplier").set_value(3).run()
     assert any("192×64" in c.value for c in at.caption)
+    at.toggle(key="scribble.shifted").set_value(True).run()  # in More settings, on wide canvases only
     at.toggle(key="scribble.name_regions").set_value(True).run()
     at.session_state["scribble.rows"] = {"#e53935": {"words": "", "prompt": "a red sun"}}
     at.session_state["scribble.rows_rev"] = 1
@@ -499,6 +503,7 @@ def test_a_wide_scribble_canvas_makes_a_scribble_guided_panorama(studio: Path) -
     (item_id,) = at.session_state["scribble.results"]
     meta = json.loads((studio / f"{item_id}.json").read_text())
     assert meta["size"] == [192, 64] and meta["recipe"]["request"]["panorama"] is True
+    assert meta["recipe"]["request"]["windows"] == "shifted" and meta["ui"]["settings"]["shifted"] is True
     assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a red sun"]
     assert meta["ui"]["settings"]["multiplier"] == 3
 

@@ -146,6 +146,10 @@ def test_a_scribble_guided_panorama_with_its_own_prompts(tiny_model_dir: Path, f
     assert main(["replay", str(first), "--out", str(again), "--device", "cpu", "--quiet"]) == 0
     with Image.open(first) as a, Image.open(again) as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
+    shifted = tmp_path / "shifted.png"
+    assert main(stroke(tiny_model_dir, files["whole"], shifted, "--width", "192", "--panorama", "--windows",
+                       "shifted")) == 0
+    assert read_recipe(shifted)["request"]["windows"] == "shifted"
     capsys.readouterr()
     assert run(stroke(tiny_model_dir, files["whole"], tmp_path / "x.png", "--words", str(files["words"]),
                       "--width", "192", "--panorama")) == 2

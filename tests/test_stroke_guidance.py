@@ -426,6 +426,24 @@ def test_a_scribble_guided_panorama_without_guidance_equals_the_panorama_alone(t
     assert not torch.equal(composed.latents, in_one_piece.latents)  # the windows did something
 
 
+def test_a_scribble_guided_panorama_on_shifted_windows_equals_the_shifted_panorama_alone(
+        tiny_engine: Engine) -> None:
+    from core.panorama import MultiDiffusionRequest
+
+    alone = tiny_engine.run(MultiDiffusionRequest(prompt="a lake", kind="panorama", width=192, height=64, steps=6,
+                                                  seed=3, scheduler="ddim", windows="shifted"))
+    composed = tiny_engine.run(StrokeRequest(prompt="a lake", strokes=scribble(192, 64), steps=6, seed=3,
+                                             iterative_steps=0, panorama=True, windows="shifted"))
+    assert torch.equal(composed.latents, alone.latents)
+    guided = tiny_engine.run(StrokeRequest(prompt="a lake", strokes=scribble(192, 64), steps=6, seed=3, grad_steps=2,
+                                           panorama=True, windows="shifted", fast=True))
+    assert guided.losses and not torch.equal(guided.latents, alone.latents)
+    with pytest.raises(StudioError, match="Shifted windows are for panorama canvases"):
+        StrokeRequest(prompt="a lake", strokes=scribble(), windows="shifted")
+    with pytest.raises(StudioError, match="Unknown windows"):
+        StrokeRequest(prompt="a lake", strokes=scribble(), panorama=True, windows="tiled")
+
+
 def test_sdedit_on_a_panorama_canvas_equals_panorama_img2img(tiny_engine: Engine) -> None:
     from core.panorama import MultiDiffusionRequest
 
