@@ -157,6 +157,32 @@ def test_decoder_stage_trains_the_decoder_only_and_is_reused_on_resume(dataset: 
     assert all(torch.equal(after[k], again[k]) for k in after)
 
 
+def test_an_interrupted_decoder_stage_resumes_exactly(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    part = "vae/diffusion_pytorch_model.safetensors"
+    outs = {}
+    for name in ("whole", "stopped"):
+        out, ckpt = tmp_path / name, tmp_path / f"ckpt-{name}"
+        args = ["--data", str(dataset), "--out", str(out), "--checkpoint-dir", str(ckpt), "--init-from", str(trained),
+                "--steps", "0", "--decoder-steps", "3", "--decoder-lr", "1e-3", *MICRO]
+        train.main(args)
+        if name == "stopped":  # as if killed after stage C's checkpoint at step 2
+            assert latest_checkpoint(ckpt).stage == "decoder" and latest_checkpoint(ckpt).step == 2
+            shutil.rmtree(ckpt / "vae-decoder")
+            shutil.rmtree(out)
+            train.main([*args, "--resume"])
+            log = [json.loads(x) for x in (ckpt / "log.jsonl").read_text().splitlines()]
+            assert {"stage": "decoder", "resumed_from": 2}.items() <= next(x for x in log if "resumed_from" in x).items()
+        outs[name] = load_file(str(out / part))
+    assert all(torch.equal(outs["whole"][k], outs["stopped"][k]) for k in outs["whole"])
+    unet = "unet/diffusion_pytorch_model.safetensors"  # --steps 0: the UNet is the one it started from
+    a, b = load_file(str(trained / unet)), load_file(str(tmp_path / "whole" / unet))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_optimizer_state_round_trips_through_safetensors() -> None:
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

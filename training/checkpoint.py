@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
-STAGES = ("vae", "unet", "tiny", "upscaler", "clip", "ip_adapter")  # tiny: training.tiny_decoder; upscaler: training.upscaler;
+STAGES = ("vae", "unet", "decoder", "tiny", "upscaler", "clip", "ip_adapter")  # tiny: training.tiny_decoder; upscaler: training.upscaler;
 # clip: training.clip
 
 

@@ -394,12 +394,14 @@ def cached_latents(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, reco
 
 
 def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, cache: LatentCache,
-                     device: torch.device, amp: torch.dtype | None, logger: JsonLog) -> AutoencoderKL:
+                     resume: CheckpointRef | None, model_config: ModelConfig | None, device: torch.device,
+                     amp: torch.dtype | None, logger: JsonLog) -> AutoencoderKL:
     """Stage C: train the decoder alone on whole images from the cached latents.
 
     Stage A sees crops; whole images fix the colour casts and borders that leaves, and the
-    encoder (so the latent space the UNet learnt) does not change. A finished stage C is
-    kept in ``checkpoints/vae-decoder`` and reused on resume; an interrupted one reruns.
+    encoder (so the latent space the UNet learnt) does not change. It checkpoints every
+    ``--checkpoint-every`` steps (stage ``decoder``), so ``--resume`` continues an interrupted
+    one; a finished stage C is kept in ``checkpoints/vae-decoder`` and reused on resume.
     """
     folder = cfg.checkpoints / "vae-decoder"
     if cfg.decoder_steps <= 0:
@@ -412,10 +414,15 @@ def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, ca
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    start = 0
+    if resume is not None and resume.stage == "decoder":
+        start = load_checkpoint(resume, {"vae": vae}, {}, optimizer)["step"]
+        log.info("resuming the decoder at step %d", start)
+        logger.write(stage="decoder", resumed_from=start)
     sampler = EpochSampler(len(store), cfg.decoder_batch_size, cfg.seed + 3)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     t0 = time.perf_counter()
-    for step in tqdm(range(cfg.decoder_steps), desc="decoder", unit="step", disable=not cfg.progress):
+    for step in tqdm(range(start, cfg.decoder_steps), desc="decoder", unit="step", disable=not cfg.progress):
         g = step_generator(cfg.seed, "decoder", step)
         idx = sampler.indices(step)
         mean, std = cache.mean[idx].float(), cache.std[idx].float()
@@ -426,9 +433,13 @@ def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, store: ImageStore, ca
             rec = vae.decode(z).sample.float()
         loss, parts = reconstruction_loss(rec, x, cfg.vae_edge_weight, cfg.vae_colour_weight)
         _backward_step(loss, optimizer, params, cfg.grad_clip, scaler)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.decoder_steps:
-            logger.write(stage="decoder", step=step + 1, loss=loss.item(), **parts,
-                         steps_per_s=(step + 1) / (time.perf_counter() - t0))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.decoder_steps:
+            logger.write(stage="decoder", step=done, loss=loss.item(), **parts,
+                         steps_per_s=(done - start) / (time.perf_counter() - t0))
+        if done % cfg.checkpoint_every == 0 and done < cfg.decoder_steps:
+            save_checkpoint(cfg.checkpoints, "decoder", done, {"vae": vae}, {}, optimizer,
+                            _state(cfg, model_config), cfg.keep_checkpoints)
     vae.eval().requires_grad_(False)
     val_l1 = vae_preview(vae, store, cfg.checkpoints / "samples" / f"decoder-{cfg.decoder_steps:07d}.png", device)
     logger.write(stage="decoder", step=cfg.decoder_steps, preview_l1=val_l1)
@@ -598,6 +609,15 @@ def _resolve_resume(cfg: TrainConfig) -> CheckpointRef | None:
     return None
 
 
+def unet_resume(cfg: TrainConfig, resume: CheckpointRef | None) -> CheckpointRef | None:
+    """Where stage B continues from: a run stopped in stage C takes its UNet from stage B's
+    last checkpoint (written at its final step)."""
+    if resume is None or resume.stage != "decoder":
+        return resume
+    done = [r for r in list_checkpoints(cfg.checkpoints) if r.stage == "unet"]
+    return done[-1] if done else None
+
+
 def _model_config(cfg: TrainConfig, resume: CheckpointRef | None) -> ModelConfig:
     if resume is not None:
         state = json.loads((resume.path / "state.json").read_text(encoding="utf-8"))
@@ -630,7 +650,7 @@ def build_parts(cfg: TrainConfig, model_cfg: ModelConfig, store: ImageStore, tex
                 logger: JsonLog) -> tuple[Parts, bool]:
     """Stage A + tokenizer + fresh text encoder and UNet; returns (parts, vae_is_new)."""
     vae_dir = cfg.checkpoints / "vae"
-    vae_new = not (resume is not None and resume.stage == "unet" and (vae_dir / "config.json").exists())
+    vae_new = not (resume is not None and resume.stage in ("unet", "decoder") and (vae_dir / "config.json").exists())
     if vae_new and cfg.vae_from is not None:
         vae = load_vae(cfg.vae_from).to(device).eval().requires_grad_(False)
         vae.save_pretrained(vae_dir, safe_serialization=True)  # so that --resume finds it
@@ -723,8 +743,8 @@ def train(cfg: TrainConfig) -> Path:
         return cfg.out
     cache.ids = tokenize(parts.tokenizer, texts)
     prompts = texts[: cfg.samples]
-    stats = train_unet(cfg, parts, cache, resume, device, amp, logger, prompts)
-    parts.vae = finetune_decoder(cfg, parts.vae, store, cache, device, amp, logger)
+    stats = train_unet(cfg, parts, cache, unet_resume(cfg, resume), device, amp, logger, prompts)
+    parts.vae = finetune_decoder(cfg, parts.vae, store, cache, resume, parts.model_config, device, amp, logger)
     model_config = parts.model_config.to_dict() if parts.model_config else None
     info = {"config": cfg.to_json(), "model_config": model_config,
             "images": len(records), "scaling_factor": float(parts.vae.config.scaling_factor),
