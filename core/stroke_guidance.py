@@ -15,6 +15,11 @@ renderers and the loss are in :mod:`core.stroke_loss`. This module holds the req
 fidelity slider, colour words, and the runner that prepares prompts, noise, eps_fn and loss
 for them (through MultiDiffusion's fused eps_fn with region prompts).
 
+**Panoramas** (``panorama=True``): a canvas wider than the model's native size is denoised in
+MultiDiffusion's windows (``windows="sliding"``, exact) or SpotDiffusion's shifted
+non-overlapping ones (``windows="shifted"``, faster), with or without region prompts, for
+every method; the painting blur is a square picture's of the canvas's shorter side.
+
 **Fast mode** (``fast=True``): the loss goes through the model's tiny decoder
 (:mod:`core.tiny_decoder`: TAESD, or one distilled from the model's VAE) instead of the
 full one; a model without one uses the linear latent -> RGB map fitted by least squares to
