@@ -309,12 +309,12 @@ def run_panorama(engine: Engine, count: int, steps: int, seed: int, net: E.Attri
             seconds[mode] += time.perf_counter() - start
             seams[mode].append(seam_score(engine, request, image))
             pixels = np.asarray(image.convert("RGB"))
-            crops_of = [[pixels[:, x:x + native] for x in range(0, pixels.shape[1], native)]]
-            crops[mode] += crops_of[0]
+            pieces = [pixels[:, x:x + native] for x in range(0, pixels.shape[1], native)]
+            crops[mode] += pieces
         start = time.perf_counter()  # as many text-to-image pictures as a panorama gives crops (the
         # Frechet distance's bias depends on the sample count): seeds 1000 * (seed + i) + k
         t2i = engine.generate(GenerationRequest(prompt=caption, negative_prompt="", width=native, height=native,
-                                                steps=steps, seed=1000 * (seed + i), num_images=len(crops_of[0]),
+                                                steps=steps, seed=1000 * (seed + i), num_images=len(pieces),
                                                 scheduler="ddim"))
         seconds["text-to-image"] += time.perf_counter() - start
         crops["text-to-image"] += [np.asarray(im.convert("RGB")) for im in t2i.images]
