@@ -5,6 +5,7 @@ import json
 import streamlit as st
 
 from studio_ui import shared
+from studio_ui.gallery import shown_path
 from studio_ui.restore import restore, saved_image
 from studio_ui.site import PAGE_FILES, PAGE_TITLES
 
@@ -22,7 +23,7 @@ gallery = shared.get_gallery()
 items = gallery.items()
 
 st.title("Gallery", anchor=False)
-st.caption(f"Every result is saved in `{gallery.root}` as a PNG with its full recipe, plus a JSON file "
+st.caption(f"Every result is saved in `{shown_path(gallery.root)}` as a PNG with its full recipe, plus a JSON file "
            "that remembers the editor. Open one to continue where you left off.")
 
 if not items:

@@ -35,6 +35,18 @@ def outputs_dir() -> Path:
     return Path(os.environ.get("STUDIO_OUTPUTS_DIR") or REPO_ROOT / "outputs")
 
 
+def shown_path(path: Path) -> str:
+    """How the app names a folder: relative to the studio's folder when inside it
+    (``outputs/``), under the home folder as ``~/...``, else in full."""
+    path = Path(path).resolve()
+    for base, prefix in ((REPO_ROOT, ""), (Path.home().resolve(), "~/")):
+        if path == base:
+            return prefix or "./"
+        if base in path.parents:
+            return f"{prefix}{path.relative_to(base).as_posix()}/"
+    return str(path)
+
+
 @dataclass
 class GalleryItem:
     """One saved image and its sidecar."""

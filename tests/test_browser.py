@@ -76,10 +76,12 @@ def stop(process: subprocess.Popen, grace: float = 10) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server():
     """`streamlit run app.py` with the bundled models; yields (url, outputs folder)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    outputs = tmp_path_factory.mktemp("outputs")
+    outputs = ARTIFACTS / "outputs"  # inside the studio's folder: the gallery shows `test-artifacts/outputs/`
+    shutil.rmtree(outputs, ignore_errors=True)
+    outputs.mkdir()
     port = free_port()
     env = {**os.environ, "STUDIO_MODELS_DIR": str(MODELS), "STUDIO_OUTPUTS_DIR": str(outputs),
            "PYTHONUNBUFFERED": "1"}

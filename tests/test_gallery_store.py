@@ -13,7 +13,7 @@ from core.loading import LoadOptions
 from core.outputs import replay
 from core.recipe import read_recipe
 from core.requests import GenerationRequest
-from studio_ui.gallery import GalleryStore, outputs_dir
+from studio_ui.gallery import REPO_ROOT, GalleryStore, outputs_dir, shown_path
 
 UI = {"page": "scribble", "seed": 5, "settings": {"prompt": "a red sun", "steps": 2},
       "canvas": {"drawing": {"objects": [{"type": "Rect", "left": 1}]}, "dims": [480, 480]}, "rows": {"#e53935": {"words": "sun"}}}
@@ -82,3 +82,9 @@ def test_outputs_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert outputs_dir() == tmp_path / "out" and GalleryStore().root == tmp_path / "out"
     monkeypatch.delenv("STUDIO_OUTPUTS_DIR")
     assert outputs_dir().name == "outputs"
+
+
+def test_the_app_names_the_outputs_folder_short() -> None:
+    assert shown_path(REPO_ROOT / "outputs") == "outputs/"
+    assert shown_path(Path.home() / "art" / "studio") == "~/art/studio/"
+    assert shown_path(Path("/srv/studio-outputs")) == "/srv/studio-outputs"
