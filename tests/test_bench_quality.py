@@ -14,6 +14,22 @@ def test_every_colour_word_names_its_own_colour_and_lab_is_right() -> None:
     assert np.allclose(Q.srgb_to_lab(np.array([0, 0, 0])), [0, 0, 0], atol=1e-6)
 
 
+def test_colour_families_group_each_word_under_one_colour_of_the_app_palette() -> None:
+    from studio_ui.widgets import SWATCHES
+
+    families = (set(SWATCHES) - {"eraser"}) | {"white", "grey"}
+    assert set(Q.COLOUR_FAMILY) == set(P.PALETTE) and set(Q.COLOUR_FAMILY.values()) <= families
+    for word, family in Q.COLOUR_FAMILY.items():
+        if word.split()[-1] in families:  # "dark red" is red, "red" itself
+            assert family == word.split()[-1], word
+    item = Q.region_scenes(1)[0]
+    assert all(Q.score_families(item.colours, item))
+    same = [[w for w, f in Q.COLOUR_FAMILY.items() if f == Q.COLOUR_FAMILY[c]][-1] for c in item.colours]
+    assert same != item.colours  # some region is named by another shade of its colour
+    other = [next(w for w, f in Q.COLOUR_FAMILY.items() if f != Q.COLOUR_FAMILY[c]) for c in item.colours]
+    assert all(Q.score_families(same, item)) and not any(Q.score_families(other, item))
+
+
 def test_frechet_distance_is_zero_for_the_same_set_and_the_mean_shift_squared_for_a_shift() -> None:
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 6))
