@@ -2,12 +2,13 @@
 
     python -m core stroke --model M --strokes SCRIBBLE.png --prompt P [--method gradop+|gradop|sdedit]
         [--fast] [--fidelity F] [--strength F --iterative-steps N --grad-steps N --lr F]
-        [--words WORDS.json | --prompts PROMPTS.json] [--width W --panorama] --out FILE.png
+        [--words WORDS.json | --prompts PROMPTS.json] [--width W --panorama [--circular]] --out FILE.png
 
 The output size defaults to the scribble's. WORDS.json maps a colour of the scribble to
 words of the prompt: ``{"#3050e0": "river", "#a0a0a0": ["castle", "stone walls"]}``;
 PROMPTS.json gives colours their own prompts instead. ``--panorama`` with a ``--width`` larger
-than the model's size makes a scribble-guided panorama (the scribble is stretched to it).
+than the model's size makes a scribble-guided panorama (the scribble is stretched to it);
+``--circular`` makes it 360 degrees (the left and right edges meet).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def cmd_stroke(args: argparse.Namespace) -> dict[str, Any]:
         gamma=args.gamma, blur_sigma=args.blur_sigma, blur_kernel=args.blur_kernel, fast=args.fast or None,
         refine_steps=args.refine_steps, word_weight=args.word_weight, regions=regions,
         region_attention=args.region_attention, renderer=args.renderer, panorama=args.panorama,
-        windows=args.windows,
+        windows=args.windows, circular=args.circular or None,
         image_guidance=image_guidance(args, regions),
     )
     result = run_and_save(args, load_engine(args), request)
@@ -102,5 +103,7 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     p.add_argument("--windows", choices=WINDOW_MODES, default="sliding",
                    help="--panorama or --prompts: sliding (MultiDiffusion's overlapping windows, exact) or shifted "
                         "(SpotDiffusion's non-overlapping windows moved every step: faster on wide canvases)")
+    p.add_argument("--circular", action="store_true",
+                   help="--panorama or --prompts: a 360-degree picture, whose left and right edges meet")
     add_common(p)
     commands["stroke"] = cmd_stroke

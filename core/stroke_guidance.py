@@ -19,6 +19,8 @@ for them (through MultiDiffusion's fused eps_fn with region prompts).
 MultiDiffusion's windows (``windows="sliding"``, exact) or SpotDiffusion's shifted
 non-overlapping ones (``windows="shifted"``, faster), with or without region prompts, for
 every method; the painting blur is a square picture's of the canvas's shorter side.
+``circular=True`` makes it 360 degrees: the windows, the painting blur and the decoding (in the
+loss and at the end) wrap around, so the left and right edges meet.
 
 **Fast mode** (``fast=True``): the loss goes through the model's tiny decoder
 (:mod:`core.tiny_decoder`: TAESD, or one distilled from the model's VAE) instead of the
@@ -52,7 +54,8 @@ from .image_prompt import image_prompt_guidances, region_image_prompts
 from .inputs import alpha_channel
 from .pipeline import GenerationResult, Guidance, Run, prepare
 from .latent_rgb import latent_rgb_map
-from .panorama import WINDOW_MODES, MultiDiffusionRequest, bootstrap_for, fusion_eps_fn, fusion_setup, region_noise
+from .panorama import (CIRCULAR_DECODE_PAD, WINDOW_MODES, MultiDiffusionRequest, bootstrap_for, decode_canvas,
+                       fusion_eps_fn, fusion_setup, region_noise)
 from .prompts import PromptEncoder
 from .region_map import MAX_REGIONS, Region
 from .requests import (GenerationRequest, Sampling, check_flag, check_image, check_int, check_pixels, check_range,
@@ -61,10 +64,10 @@ from .sampling import EpsFn, ProgressCallback
 from .schedulers import make_scheduler
 from .model_settings import read_recommended
 from .sdedit import SDEditConfig, flatten_scribble
-from .stroke_loss import (GuidanceTrace, Loss, StrokeTarget, decoder_renderer, linear_renderer, painting_loss,
-                          scribble_mse)
+from .stroke_loss import (GuidanceTrace, Loss, Renderer, StrokeTarget, decoder_renderer, linear_renderer,
+                          painting_loss, scribble_mse, wrapped_renderer)
 from .tiny_decoder import tiny_decoder, tiny_renderer
-from .vae_codec import require_multiple_of
+from .vae_codec import require_multiple_of, tensor_to_pils
 
 METHODS = ("gradop+", "gradop", "sdedit")
 MethodConfig = GradOPPlusConfig | GradOPConfig | SDEditConfig  # each method's own settings, in its own file
@@ -126,6 +129,8 @@ class StrokeRequest(Sampling):
     # of the native size (core.panorama), with or without region prompts, instead of one UNet call on it all
     windows: str = "sliding"  # region prompts or panorama: "sliding" (MultiDiffusion's overlapping windows,
     # exact) or "shifted" (SpotDiffusion's non-overlapping windows moved every step: faster on wide canvases)
+    circular: bool = False  # a 360-degree panorama (with panorama or region prompts): the windows, the painting
+    # blur and the decoding wrap around, so the left and right edges meet
     max_regions: int = limit_field(MAX_REGIONS)
 
     def __post_init__(self) -> None:
@@ -195,6 +200,10 @@ class StrokeRequest(Sampling):
         if self.windows != "sliding" and not self.fused:
             raise StudioError("Shifted windows are for panorama canvases and region prompts: set panorama (or "
                               "give the colours their own prompts), or leave windows sliding.")
+        check_flag("Circular", self.circular)
+        if self.circular and not self.fused:
+            raise StudioError("A 360° picture is made in MultiDiffusion's windows: set panorama (or give the "
+                              "colours their own prompts), or turn 360° off.")
         if self.regions and self.words:
             raise StudioError("Words and region prompts do not combine: give each colour either words of the "
                               "prompt or its own prompt, not both kinds in one request.")
@@ -214,6 +223,7 @@ class StrokeRequest(Sampling):
         width, height = self.size
         return MultiDiffusionRequest(**{**self.sampling(), "width": width, "height": height}, regions=self.regions,
                                      kind="panorama" if self.panorama else "regions", windows=self.windows,
+                                     circular=self.circular,
                                      bootstrap=self.region_bootstrap, attention=self.region_attention,
                                      max_regions=self.max_regions, **extra)
 
@@ -321,7 +331,7 @@ class StrokeResult(GenerationResult):
 
 def faithfulness(images: Sequence[Image.Image], request: StrokeRequest) -> list[float]:
     """MSE_m(f(x), y) of each final image x (decoded by the true VAE) to the request's scribble y."""
-    return scribble_mse(images, request.strokes, request.blur)
+    return scribble_mse(images, request.strokes, request.blur, request.circular)
 
 
 def semantic_context(engine: Engine, request: StrokeRequest, cond: Callable[[], Tensor],
@@ -364,7 +374,13 @@ def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, i
     bundle = engine.bundle
     width, height = request.size
     target = StrokeTarget.from_image(request.strokes, width, height, bundle.device)
-    decoder_loss = painting_loss(decoder_renderer(bundle.vae), target, request.size, request.blur)
+    factor, circular = bundle.vae_scale_factor, request.circular
+
+    def decoder(render: Renderer) -> Renderer:  # a 360-degree canvas is decoded with its edges joined
+        return wrapped_renderer(render, CIRCULAR_DECODE_PAD, factor) if circular else render
+
+    decoder_loss = painting_loss(decoder(decoder_renderer(bundle.vae)), target, request.size, request.blur,
+                                 circular=circular)
     if not request.fast:
         return decoder_loss, None, target
     if request.renderer == "tiny":  # the model's tiny decoder: full resolution, ~1M parameters
@@ -372,11 +388,12 @@ def _losses(engine: Engine, request: StrokeRequest) -> tuple[Loss, tuple[Loss, i
         if tiny is None:
             raise StudioError(f"This model has no usable tiny decoder ({why or 'none found'}): use the linear "
                               "renderer, or distil one with python -m training.tiny_decoder --model FOLDER.")
-        fast_loss = painting_loss(tiny_renderer(tiny), target, request.size, request.blur)
-    else:  # the fitted linear map at latent resolution
+        fast_loss = painting_loss(decoder(tiny_renderer(tiny)), target, request.size, request.blur,
+                                  circular=circular)
+    else:  # the fitted linear map at latent resolution (pixel by pixel: nothing to wrap but the blur)
         weight, bias = latent_rgb_map(bundle.vae)
-        fast_loss = painting_loss(linear_renderer(weight, bias), target, request.size, request.blur,
-                                  bundle.vae_scale_factor)
+        fast_loss = painting_loss(linear_renderer(weight, bias), target, request.size, request.blur, factor,
+                                  circular)
     return fast_loss, (decoder_loss, request.refine_steps) if request.refine_steps else None, target
 
 
@@ -430,7 +447,11 @@ def run_stroke(engine: Engine, request: StrokeRequest, callback: ProgressCallbac
     run.timings["denoise"] -= trace.seconds
     run.timings["guidance"] = trace.seconds
     run.warnings += _window_warning(request)
-    result = run.finish(latents, result=StrokeResult, losses=trace.losses)
+    bundle = engine.bundle
+    decode = None
+    if request.circular:
+        decode = lambda z: tensor_to_pils(decode_canvas(bundle.vae, z, bundle.vae_scale_factor, True))  # noqa: E731
+    result = run.finish(latents, decode, result=StrokeResult, losses=trace.losses)
     result.faithfulness = faithfulness(result.images, request)
     return result
 

@@ -89,9 +89,10 @@ class PaintingLoss:
     target: StrokeTarget  # at the renderer's output resolution
     sigma: float  # blur in the renderer's output pixels
     kernel: int
+    circular: bool = False  # a 360-degree canvas: the blur wraps around its left and right edges
 
     def __call__(self, latents: Tensor) -> Tensor:
-        return masked_mse(gaussian_blur(self.render(latents), self.sigma, self.kernel), self.target)
+        return masked_mse(gaussian_blur(self.render(latents), self.sigma, self.kernel, self.circular), self.target)
 
 
 def decoder_renderer(vae: Any) -> Renderer:
@@ -106,17 +107,29 @@ def decoder_renderer(vae: Any) -> Renderer:
     return render
 
 
+def wrapped_renderer(render: Renderer, pad: int, pixel: int) -> Renderer:
+    """``render`` on a 360-degree canvas: ``pad`` latent columns of each edge wrapped onto the
+    other side first, their ``pad * pixel`` output columns cut off after, so a decoder sees
+    the canvas's edges as neighbours (as :func:`core.panorama.decode_canvas` does)."""
+    def out(latents: Tensor) -> Tensor:
+        wrapped = torch.cat([latents[..., -pad:], latents, latents[..., :pad]], dim=-1)
+        return render(wrapped)[..., pad * pixel: -pad * pixel]
+
+    return out
+
+
 def linear_renderer(weight: Tensor, bias: Tensor) -> Renderer:
     """R(z) = clamp(A z + b) at latent resolution (the fitted map of core.latent_rgb)."""
     return lambda latents: latents_to_rgb(latents.float(), weight, bias)
 
 
 def painting_loss(render: Renderer, target: StrokeTarget, size: tuple[int, int], blur: tuple[float, int] = BLUR,
-                  pixel: int = 1) -> PaintingLoss:
+                  pixel: int = 1, circular: bool = False) -> PaintingLoss:
     """The loss of a width x height (``size``) picture against the full-size ``target``, with the
-    painting blur (sigma, kernel at 512 px) and a renderer whose pixels are ``pixel`` image pixels wide."""
+    painting blur (sigma, kernel at 512 px) and a renderer whose pixels are ``pixel`` image pixels wide;
+    ``circular``: a 360-degree canvas (the blur wraps around)."""
     sigma, kernel = blur_at(*blur, *size, pixel)
-    return PaintingLoss(render, target.pooled(pixel), sigma, kernel)
+    return PaintingLoss(render, target.pooled(pixel), sigma, kernel, circular)
 
 
 def optimise_latents(start: Tensor, loss: Loss, steps: int, lr: float, anchor: Tensor | None = None,
@@ -140,14 +153,16 @@ def optimise_latents(start: Tensor, loss: Loss, steps: int, lr: float, anchor: T
     return z.detach().to(start.dtype), history
 
 
-def scribble_mse(images: Sequence[Image.Image], strokes: Image.Image, blur: tuple[float, int] = BLUR) -> list[float]:
-    """MSE_m(f(x), y) of each final image x to the scribble y (faithfulness; lower is closer)."""
+def scribble_mse(images: Sequence[Image.Image], strokes: Image.Image, blur: tuple[float, int] = BLUR,
+                 circular: bool = False) -> list[float]:
+    """MSE_m(f(x), y) of each final image x to the scribble y (faithfulness; lower is closer);
+    ``circular``: 360-degree pictures, blurred around their joined edges."""
     width, height = images[0].size
     target = StrokeTarget.from_image(strokes, width, height)
     sigma, kernel = blur_at(*blur, width, height)
     pixels = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
                           for im in images])
-    return [float(v) for v in masked_mse(gaussian_blur(pixels, sigma, kernel), target)]
+    return [float(v) for v in masked_mse(gaussian_blur(pixels, sigma, kernel, circular), target)]
 
 
 @dataclass

@@ -22,7 +22,7 @@ shared.follow_model_defaults(PAGE, {"steps": ("steps", 50), "guidance": ("guidan
 shared.init_state({
     f"{PAGE}.prompt": "", f"{PAGE}.negative": "blurry, low quality, watermark", f"{PAGE}.method": methods[0],
     f"{PAGE}.variations": 1,
-    f"{PAGE}.size": "Square", f"{PAGE}.multiplier": 1, f"{PAGE}.shifted": False,
+    f"{PAGE}.size": "Square", f"{PAGE}.multiplier": 1, f"{PAGE}.shifted": False, f"{PAGE}.circular": False,
     f"{PAGE}.name_regions": False,
     f"{PAGE}.free_background": True,
     f"{PAGE}.live": False, f"{PAGE}.live_steps": LIVE_STEPS,
@@ -30,7 +30,7 @@ shared.init_state({
 shared.keep_valid(PAGE, {
     "prompt": ("", None), "negative": ("", None), "method": (methods[0], methods), "variations": (1, (1, 8)),
     "size": ("Square", widgets.aspect_sizes(8)), "multiplier": (1, (1, 4)), "shifted": (False, None),
-    "name_regions": (False, None),
+    "circular": (False, None), "name_regions": (False, None),
     "free_background": (True, None),
     "fidelity": (0.5, (0.0, 1.0)), "steps": (50, (1, 100)), "guidance": (7.5, (1.0, 15.0)), "live": (False, None),
     "live_steps": (LIVE_STEPS, (4, 20)), **widgets.BRUSH_RULES})
@@ -115,6 +115,9 @@ with right:
             st.toggle("Fast windows (SpotDiffusion)", key=f"{PAGE}.shifted", persist_state="session",
                       help="Panoramas: non-overlapping windows that move at every step instead of overlapping "
                            "ones; several times faster on wide canvases.")
+            st.toggle("360° (wraps around)", key=f"{PAGE}.circular", persist_state="session",
+                      help="The left and right edges join, for a 360-degree viewer: draw across the edge and "
+                           "the two ends continue each other.")
         if ss[f"{PAGE}.live"]:
             st.slider("Live preview steps", 4, 20, key=f"{PAGE}.live_steps", persist_state="session",
                       help="Fewer: quicker previews while you draw. Render full quality uses Steps.")
@@ -126,7 +129,8 @@ with right:
         guidance_scale=float(ss[f"{PAGE}.guidance"]), method=ss[f"{PAGE}.method"],
         fidelity=float(ss[f"{PAGE}.fidelity"]), num_images=int(ss[f"{PAGE}.variations"]), seed=int(ss["seed"]),
         width=width, height=height, width_multiplier=multiplier,
-        shifted=bool(ss[f"{PAGE}.shifted"]) and multiplier > 1, region_words=region_words,
+        shifted=bool(ss[f"{PAGE}.shifted"]) and multiplier > 1, circular=bool(ss[f"{PAGE}.circular"]) and multiplier > 1,
+        region_words=region_words,
         region_prompts=region_prompts,
         free_background=bool(ss[f"{PAGE}.free_background"]), scheduler=shared.recommended().scheduler,
         image_prompt=image_prompt)

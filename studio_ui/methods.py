@@ -88,6 +88,7 @@ class ScribbleSettings:
     height: int = 512
     width_multiplier: int = 1  # > 1: a panorama that many times wider (the scribble stretched to it)
     shifted: bool = False  # panoramas: SpotDiffusion's shifted non-overlapping windows (faster) instead of sliding
+    circular: bool = False  # panoramas: 360 degrees (the left and right edges meet)
     region_words: dict[str, str] = field(default_factory=dict)  # colour hex -> words of the prompt
     region_prompts: dict[str, str] = field(default_factory=dict)  # colour hex -> the colour's own prompt
     free_background: bool = True  # unpainted (white) canvas is left to the model, not kept white
@@ -127,7 +128,7 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
         common["scheduler"] = s.scheduler
     if scribble is None:
         if multiplier > 1:
-            return with_image_prompts(MultiDiffusionRequest(**common, kind="panorama",
+            return with_image_prompts(MultiDiffusionRequest(**common, kind="panorama", circular=s.circular,
                                                             windows="shifted" if s.shifted else "sliding"),
                                       s.image_prompt)
         return with_image_prompts(GenerationRequest(**common), s.image_prompt)
@@ -145,6 +146,7 @@ def scribble_request(s: ScribbleSettings, scribble: Image.Image | None) -> Any:
                              fidelity=s.fidelity, words=dict(s.region_words), fast=fast, regions=regions,
                              renderer="auto", region_attention=s.region_attention or None,
                              panorama=multiplier > 1, windows="shifted" if s.shifted and multiplier > 1 else None,
+                             circular=s.circular and multiplier > 1,
                              **{k: v for k, v in common.items() if k != "prompt"})
     return with_image_prompts(request, s.image_prompt)
 
@@ -252,15 +254,13 @@ def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
     fusion = multidiffusion_request(s, region_map, "panorama" if s.width_multiplier > 1 else "regions")
     if not s.keep_colours:
         return fusion
-    if s.circular:
-        raise StudioError("Keep my colours does not work with 360° panoramas yet: turn one of them off.")
     size = (fusion.width, fusion.height)
     return stroke_request(fusion.prompt, free_white(region_map.convert("RGB").resize(size, Image.NEAREST)),
                           method="gradop+", fidelity=s.fidelity, negative_prompt=s.negative_prompt, width=size[0],
                           height=size[1], steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
                           num_images=s.num_images, regions=fusion.regions, region_attention=s.attention,
                           fast=s.fast or None, renderer="auto" if s.fast else None, scheduler=s.scheduler,
-                          windows=fusion.windows,
+                          windows=fusion.windows, circular=fusion.circular,
                           image_guidance=fusion.image_guidance)
 
 

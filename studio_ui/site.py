@@ -19,7 +19,7 @@ class PageInfo:
 PAGES = (
     PageInfo("scribble", "pages/scribble.py", "Scribble to Art", ":material/draw:", settings=(
         "prompt", "negative", "method", "fidelity", "variations", "steps", "guidance", "size", "multiplier",
-        "shifted", "name_regions",
+        "shifted", "circular", "name_regions",
         "free_background", "tool", "brush", "swatch", "custom", "fill")),
     PageInfo("regions", "pages/regions.py", "Region Painter", ":material/format_paint:", settings=(
         "background", "negative", "source", "variations", "steps", "guidance", "size", "multiplier", "circular",

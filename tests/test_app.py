@@ -253,9 +253,12 @@ def test_region_and_panorama_requests_from_settings() -> None:
     [region] = request.regions  # a colour that is not on the map is left out
     assert region.mask.size == (288, 64) and region.seed == 4 and region.negative_prompt == "blurry, dark"
     assert request.window == 8 and request.stride == 1
-    settings.circular, settings.keep_colours, settings.shifted = False, True, True  # kept colours, fast windows
+    settings.keep_colours, settings.shifted = True, True  # kept colours, fast windows, 360 degrees
     kept = region_request(settings, region_map)
     assert kept.kind == "stroke" and kept.windows == "shifted" and (kept.width, kept.height) == (288, 64)
+    assert kept.circular
+    settings.circular = False
+    assert not region_request(settings, region_map).circular
     settings.width_multiplier, settings.keep_colours = 1, False
     assert region_request(settings, region_map).kind == "regions"
     with pytest.raises(StudioError, match="Type a prompt first"):
@@ -493,6 +496,7 @@ def test_a_wide_scribble_canvas_makes_a_scribble_guided_panorama(studio: Path) -
     at.slider(key="scribble.multiplier").set_value(3).run()
     assert any("192×64" in c.value for c in at.caption)
     at.toggle(key="scribble.shifted").set_value(True).run()  # in More settings, on wide canvases only
+    at.toggle(key="scribble.circular").set_value(True).run()  # 360 degrees, likewise
     at.toggle(key="scribble.name_regions").set_value(True).run()
     at.session_state["scribble.rows"] = {"#e53935": {"words": "", "prompt": "a red sun"}}
     at.session_state["scribble.rows_rev"] = 1
@@ -504,6 +508,7 @@ def test_a_wide_scribble_canvas_makes_a_scribble_guided_panorama(studio: Path) -
     meta = json.loads((studio / f"{item_id}.json").read_text())
     assert meta["size"] == [192, 64] and meta["recipe"]["request"]["panorama"] is True
     assert meta["recipe"]["request"]["windows"] == "shifted" and meta["ui"]["settings"]["shifted"] is True
+    assert meta["recipe"]["request"]["circular"] is True and meta["ui"]["settings"]["circular"] is True
     assert [r["prompt"] for r in meta["recipe"]["request"]["regions"]] == ["a red sun"]
     assert meta["ui"]["settings"]["multiplier"] == 3
 
@@ -597,7 +602,11 @@ def test_region_painter_can_keep_the_painted_colours(studio: Path) -> None:
     at.slider(key="regions.multiplier").set_value(2).run()
     at.toggle(key="regions.circular").set_value(True).run()
     at.button(key="regions.generate").click().run()
-    assert any("360° panoramas" in e.value for e in at.error)
+    wait_for_job(at, "regions")
+    assert not at.error, [e.value for e in at.error]
+    [item] = at.session_state["regions.results"]
+    request = json.loads((studio / f"{item}.json").read_text())["recipe"]["request"]
+    assert request["method"] == "gradop+" and request["circular"] is True and len(request["regions"]) == 2
 
 
 @pytest.mark.parametrize("page, bad", [

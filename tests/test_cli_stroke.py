@@ -150,7 +150,13 @@ def test_a_scribble_guided_panorama_with_its_own_prompts(tiny_model_dir: Path, f
     assert main(stroke(tiny_model_dir, files["whole"], shifted, "--width", "192", "--panorama", "--windows",
                        "shifted")) == 0
     assert read_recipe(shifted)["request"]["windows"] == "shifted"
+    full_circle = tmp_path / "360.png"
+    assert main(stroke(tiny_model_dir, files["whole"], full_circle, "--width", "192", "--panorama", "--circular")) == 0
+    assert read_recipe(full_circle)["request"]["circular"] is True
     capsys.readouterr()
+    assert run(stroke(tiny_model_dir, files["whole"], tmp_path / "x.png", "--circular")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "360° picture is made in MultiDiffusion's windows" in err and len(err.splitlines()) == 1
     assert run(stroke(tiny_model_dir, files["whole"], tmp_path / "x.png", "--words", str(files["words"]),
                       "--width", "192", "--panorama")) == 2
     err = capsys.readouterr().err.strip()

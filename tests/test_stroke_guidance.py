@@ -109,6 +109,31 @@ def test_blur_matrix_equals_reflect_padded_convolution() -> None:
     assert torch.allclose(blur_matrix(16, 2.0, 9).sum(dim=1), torch.ones(16, dtype=torch.float64))
 
 
+def test_a_wrapped_blur_is_a_circular_convolution_along_the_columns() -> None:
+    x = torch.rand(2, 3, 24, 40)
+    offsets = torch.arange(9, dtype=torch.float64) - 4
+    g = torch.exp(-offsets**2 / (2 * 2.0**2))
+    g = (g / g.sum()).float()
+    out = F.conv2d(F.pad(x, (4, 4, 0, 0), mode="circular"), g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+    out = F.conv2d(F.pad(out, (0, 0, 4, 4), mode="reflect"), g.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
+    wrapped = gaussian_blur(x, 2.0, 9, wrap_columns=True)
+    assert torch.allclose(wrapped, out, atol=1e-6)
+    assert torch.allclose(gaussian_blur(x.roll(7, -1), 2.0, 9, True), wrapped.roll(7, -1), atol=1e-6)
+    assert not torch.allclose(gaussian_blur(x, 2.0, 9), wrapped, atol=1e-3)  # the edges differ from reflect's
+    assert torch.allclose(blur_matrix(6, 3.0, 31, True).sum(dim=1), torch.ones(6, dtype=torch.float64))
+
+
+def test_a_wrapped_renderer_sees_the_two_edges_of_a_360_canvas_as_neighbours() -> None:
+    from core.stroke_loss import wrapped_renderer
+
+    taps = torch.tensor([0.25, 0.5, 0.25]).view(1, 1, 1, 3)
+    upsample = lambda z: F.conv2d(F.pad(z, (1, 1, 0, 0)), taps).repeat_interleave(2, -1)  # noqa: E731 zero border
+    z = torch.rand(1, 1, 4, 10)
+    circular = F.conv2d(F.pad(z, (1, 1, 0, 0), mode="circular"), taps).repeat_interleave(2, -1)
+    assert torch.allclose(wrapped_renderer(upsample, 2, 2)(z), circular, atol=1e-6)
+    assert not torch.allclose(upsample(z), circular)
+
+
 def test_blur_scales_with_size() -> None:
     assert blur_at(7.0, 35, 512, 512) == (7.0, 35)  # the reference, at 512 px
     assert blur_at(7.0, 35, 1024, 1024) == (14.0, 71)
@@ -469,6 +494,32 @@ def test_a_scribble_guided_panorama_follows_the_scribble_and_replays(tiny_engine
     assert read_recipe(path)["request"]["panorama"] is True
     image, _, _ = replay(path)
     assert np.array_equal(np.asarray(image), np.asarray(result.images[0]))
+
+
+def test_a_360_scribble_guided_panorama_wraps_around_and_replays(tiny_engine: Engine, tmp_path) -> None:
+    from core.outputs import replay, save_result
+    from core.panorama import MultiDiffusionRequest
+    from core.recipe import read_recipe
+
+    alone = tiny_engine.run(MultiDiffusionRequest(prompt="a lake", kind="panorama", width=192, height=64, steps=6,
+                                                  seed=3, scheduler="ddim", circular=True))
+    unguided = tiny_engine.run(StrokeRequest(prompt="a lake", strokes=scribble(192, 64), steps=6, seed=3,
+                                             iterative_steps=0, panorama=True, circular=True))
+    assert torch.equal(unguided.latents, alone.latents)  # MultiDiffusion's 360-degree windows, and its decoding
+    assert np.array_equal(np.asarray(unguided.images[0]), np.asarray(alone.images[0]))
+    for fast in (False, True):
+        request = StrokeRequest(prompt="a lake", strokes=scribble(192, 64), steps=6, seed=3, grad_steps=3,
+                                panorama=True, circular=True, fast=fast)
+        result = tiny_engine.run(request)
+        assert result.losses and result.faithfulness[0] < unguided.faithfulness[0], fast
+    (path,) = save_result(result, tiny_engine.bundle, tmp_path / "360.png")
+    assert read_recipe(path)["request"]["circular"] is True
+    image, _, _ = replay(path)
+    assert np.array_equal(np.asarray(image), np.asarray(result.images[0]))
+    with pytest.raises(StudioError, match="360° picture is made in MultiDiffusion's windows"):
+        StrokeRequest(prompt="a lake", strokes=scribble(192, 64), circular=True)
+    with pytest.raises(StudioError, match="Circular must be true or false"):
+        StrokeRequest(prompt="a lake", strokes=scribble(192, 64), panorama=True, circular="yes")
 
 
 def test_a_panorama_blurs_the_scribble_as_a_square_of_its_height_does() -> None:
