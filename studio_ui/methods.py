@@ -260,7 +260,7 @@ def region_request(s: RegionSettings, region_map: Image.Image | None) -> Any:
                           height=size[1], steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed,
                           num_images=s.num_images, regions=fusion.regions, region_attention=s.attention,
                           fast=s.fast or None, renderer="auto" if s.fast else None, scheduler=s.scheduler,
-                          windows=fusion.windows, circular=fusion.circular,
+                          windows=fusion.windows, circular=fusion.circular, panorama=s.width_multiplier > 1,
                           image_guidance=fusion.image_guidance)
 
 

@@ -256,7 +256,7 @@ def test_region_and_panorama_requests_from_settings() -> None:
     settings.keep_colours, settings.shifted = True, True  # kept colours, fast windows, 360 degrees
     kept = region_request(settings, region_map)
     assert kept.kind == "stroke" and kept.windows == "shifted" and (kept.width, kept.height) == (288, 64)
-    assert kept.circular
+    assert kept.circular and kept.panorama  # a panorama's painting blur: a square picture's of its height
     settings.circular = False
     assert not region_request(settings, region_map).circular
     settings.width_multiplier, settings.keep_colours = 1, False
