@@ -168,8 +168,12 @@ def region_words(image: np.ndarray, item: RegionScene) -> list[str]:
     return [nearest_colour_word(mean_colour(image, mask)) for _, _, mask in item.regions]
 
 
+def score_words(words: Sequence[str], item: RegionScene) -> list[bool]:
+    return [word == colour for word, colour in zip(words, item.colours)]
+
+
 def score_regions(image: np.ndarray, item: RegionScene) -> list[bool]:
-    return [word == colour for word, colour in zip(region_words(image, item), item.colours)]
+    return score_words(region_words(image, item), item)
 
 
 def score_families(words: Sequence[str], item: RegionScene) -> list[bool]:
@@ -213,7 +217,7 @@ def run_regions(engine: Engine, count: int, steps: int, seed: int, say: Say) -> 
         images["real painting (ceiling)"] = P.render_painting(item.scene, SIZE, item.style)
         for row, image in images.items():
             words = region_words(image, item)
-            scored = [word == colour for word, colour in zip(words, item.colours)]
+            scored = score_words(words, item)
             hits[row] += scored
             families[row] += score_families(words, item)
             for (kind, _, _), ok in zip(item.regions, scored):
